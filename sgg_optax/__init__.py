@@ -1,0 +1,36 @@
+"""sgg_optax: Scaling with Gradient Grouping (SGG) for optax.
+
+SGG (Li et al., ACL 2025, arXiv:2506.01049) clusters each layer's gradient
+statistics into a few groups every ``T`` steps and scales every element's
+adaptive step by a factor per group. :func:`sgg` is the chain link,
+:func:`with_sgg` the form that wraps a base optimizer and clusters its
+momentum, and the aliases are ready-made optimizers.
+"""
+
+from sgg_optax._src.aliases import adafactor_sgg
+from sgg_optax._src.aliases import adamw_sgg
+from sgg_optax._src.aliases import lamb_sgg
+from sgg_optax._src.diagnostics import ClusterSummary
+from sgg_optax._src.diagnostics import cluster_summary
+from sgg_optax._src.diagnostics import find_sgg_states
+from sgg_optax._src.diagnostics import group_names
+from sgg_optax._src.transform import SGGState
+from sgg_optax._src.transform import SGGWrapperState
+from sgg_optax._src.transform import sgg
+from sgg_optax._src.transform import with_sgg
+
+__version__ = '0.1.0'
+
+__all__ = (
+    'ClusterSummary',
+    'SGGState',
+    'SGGWrapperState',
+    'adafactor_sgg',
+    'adamw_sgg',
+    'cluster_summary',
+    'find_sgg_states',
+    'group_names',
+    'lamb_sgg',
+    'sgg',
+    'with_sgg',
+)

@@ -1,0 +1,145 @@
+"""Per-layer cluster sizes and scales of an SGG state, for logging."""
+
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import jax
+import numpy as np
+import optax
+
+from sgg_optax._src import transform
+
+
+class ClusterSummary(NamedTuple):
+  """Host-side snapshot of one :class:`SGGState`.
+
+  Attributes:
+    names: one name per grouped layer (row).
+    count: steps taken.
+    scales: ``(G, K)`` scaling factors.
+    fractions: ``(G, K)`` share of each layer's elements per cluster at the
+      last refresh (exact for layers of at most ``sample_size`` elements,
+      estimated on the refresh sample above).
+    centres: ``(G, K)`` K-means centres.
+    cluster_stats: ``(G, K)`` the rule's per-cluster statistic.
+    global_stat: the model-wide deviation at the last refresh.
+  """
+  names: tuple[str, ...]
+  count: int
+  scales: np.ndarray
+  fractions: np.ndarray
+  centres: np.ndarray
+  cluster_stats: np.ndarray
+  global_stat: float
+
+  def scalars(self, prefix: str = 'sgg') -> dict[str, float]:
+    """Flat ``{'prefix/layer/scale_k': value}`` dict for metric loggers."""
+    out = {f'{prefix}/global_stat': self.global_stat}
+    for g, name in enumerate(self.names):
+      for k in range(self.scales.shape[1]):
+        out[f'{prefix}/{name}/scale_{k}'] = float(self.scales[g, k])
+        out[f'{prefix}/{name}/fraction_{k}'] = float(self.fractions[g, k])
+    return out
+
+
+def _path_name(path: Sequence[Any]) -> str:
+  parts = []
+  for key in path:
+    for attr in ('key', 'name', 'idx'):
+      if hasattr(key, attr):
+        parts.append(str(getattr(key, attr)))
+        break
+    else:
+      parts.append(str(key))
+  return '/'.join(parts)
+
+
+def group_names(params: optax.Params, *, mask: Any = None,
+                stacked_layers: Any = None) -> list[str]:
+  """Names of the rows of SGG's ``(G, K)`` statistics, in order.
+
+  Pass the same ``mask`` and ``stacked_layers`` as to :func:`sgg`. Stacked
+  parameters give one name per slice, ``'path[i]'``.
+
+  Args:
+    params: the parameters (arrays or ``jax.ShapeDtypeStruct``).
+    mask: ``sgg``'s ``mask``.
+    stacked_layers: ``sgg``'s ``stacked_layers``.
+
+  Returns:
+    ``G`` names.
+  """
+  cfg = transform._make_config(  # pylint: disable=protected-access
+      1, 1, 0.0, mask=mask, stacked_layers=stacked_layers,
+      cluster_stat='signed', global_stat='layer_mean', scale_rule='mda',
+      clamp=(0.1, 10.0), clamp_order=None, eps=0.0, kmeans_iters=0,
+      sample_size=1, assignment='frozen', cluster_decay=0.0,
+      reference_init='ones')
+  layouts = transform._plan(params, cfg)  # pylint: disable=protected-access
+  paths = [p for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+  names = []
+  for path, lay in zip(paths, layouts):
+    if lay is None:
+      continue
+    name = _path_name(path)
+    names.extend([f'{name}[{i}]' for i in range(lay.rows)] if lay.stacked
+                 else [name])
+  return names
+
+
+def find_sgg_states(opt_state: Any) -> list[transform.SGGState]:
+  """All :class:`SGGState` nested in an optimizer state, in tree order."""
+  found = []
+  def visit(x):
+    if isinstance(x, transform.SGGState):
+      found.append(x)
+      return True
+    return False
+  jax.tree_util.tree_flatten(opt_state, is_leaf=visit)
+  return found
+
+
+def cluster_summary(opt_state: Any, names: Sequence[str] | None = None
+                    ) -> ClusterSummary:
+  """Cluster sizes and scales of the SGG state inside ``opt_state``.
+
+  Args:
+    opt_state: an :class:`SGGState`, or any optimizer state holding exactly
+      one (e.g. the state of an :func:`optax.chain`, an
+      ``nnx.Optimizer``'s ``opt_state``).
+    names: row names, e.g. from :func:`group_names`. By default the rows
+      are named after the parameters when the state stores ids and no
+      parameter is stacked, else ``'group_<g>'``.
+
+  Returns:
+    A :class:`ClusterSummary` of host NumPy arrays.
+
+  Example:
+    >>> import jax.numpy as jnp, optax, sgg_optax
+    >>> params = {'w': jnp.ones((4, 3))}
+    >>> tx = optax.chain(optax.scale_by_adam(), sgg_optax.sgg())
+    >>> summary = sgg_optax.cluster_summary(tx.init(params))
+    >>> print(summary.names, summary.scales)
+    ('w',) [[1. 1. 1.]]
+  """
+  states = find_sgg_states(opt_state)
+  if len(states) != 1:
+    raise ValueError(f'Expected one SGGState in the optimizer state, found '
+                     f'{len(states)}; pass that state itself.')
+  state = jax.tree.map(lambda x: getattr(x, 'value', x), states[0],
+                       is_leaf=lambda x: hasattr(x, 'value'))
+  num_groups = state.scales.shape[0]
+  if names is None:
+    flat = jax.tree_util.tree_flatten_with_path(
+        state.ids, is_leaf=lambda x: isinstance(x, optax.MaskedNode))[0]
+    names = [_path_name(p) for p, x in flat
+             if not isinstance(x, optax.MaskedNode)]
+    if len(names) != num_groups:
+      names = [f'group_{g}' for g in range(num_groups)]
+  if len(names) != num_groups:
+    raise ValueError(f'Got {len(names)} names for {num_groups} layers.')
+  host = lambda x: np.asarray(jax.device_get(x))
+  return ClusterSummary(
+      tuple(names), int(host(state.count)), host(state.scales),
+      host(state.fractions), host(state.centres), host(state.cluster_stats),
+      float(host(state.global_stat)))

@@ -1,0 +1,201 @@
+"""SGG's per-cluster scaling rules: the paper's MDA rule and the reference one."""
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from sgg_optax._src import kmeans
+
+SCALE_RULES = ('mda', 'reference')
+GLOBAL_STATS = ('layer_mean', 'global_mean', 'cluster_mdas')
+
+
+class Scales(NamedTuple):
+  """Result of a scaling rule on the ``(G, S)`` sample.
+
+  Attributes:
+    scales: ``(G, K)`` new scaling factors.
+    cluster_stats: ``(G, K)`` the per-cluster statistic the rule keeps
+      (the MDA ``D_{l,c}``, or the EMA of cluster means for the reference
+      rule).
+    global_stat: the model-wide deviation ``D`` (0 for the reference rule,
+      which has none).
+  """
+  scales: jax.Array
+  cluster_stats: jax.Array
+  global_stat: jax.Array
+
+
+def cluster_medians(x: jax.Array, ids: jax.Array, valid: jax.Array,
+                    num_clusters: int) -> jax.Array:
+  """Median of each row of ``x`` within each cluster (NaN when empty).
+
+  Exact (the two middle values are averaged for an even count, like
+  ``np.median``), with one sort of the row keyed by (cluster, value); meant
+  for the small replicated refresh sample.
+
+  Args:
+    x: ``(G, S)`` values.
+    ids: ``(G, S)`` cluster ids in ``[0, num_clusters)``.
+    valid: ``(G, S)`` mask of the entries to use.
+    num_clusters: ``K``.
+
+  Returns:
+    ``(G, K)`` medians.
+  """
+  key = jnp.where(valid, ids.astype(jnp.int32), num_clusters)
+  _, ranked = jax.lax.sort((key, x), dimension=-1, num_keys=2)
+  n = jnp.sum(kmeans.one_hot(ids, valid, num_clusters), axis=1
+              ).astype(jnp.int32)
+  start = jnp.cumsum(n, axis=-1) - n
+  lo = jnp.take_along_axis(ranked, start + jnp.maximum((n - 1) // 2, 0), -1)
+  hi = jnp.take_along_axis(ranked, start + jnp.maximum(n // 2, 0), -1)
+  return jnp.where(n > 0, 0.5 * (lo + hi), jnp.nan)
+
+
+def masked_median(x: jax.Array, mask: jax.Array) -> jax.Array:
+  """Median of each row of ``x`` over ``mask`` (NaN for an empty row)."""
+  return cluster_medians(x, jnp.zeros(x.shape, jnp.uint8), mask, 1)[:, 0]
+
+
+def weighted_median(x: jax.Array, weights: jax.Array) -> jax.Array:
+  """Weighted median of all entries (NaN when all weights are zero).
+
+  With equal integer weights this is ``np.median`` (the two middle values
+  are averaged when the cumulative weight hits one half exactly).
+  """
+  x, weights = x.reshape(-1), weights.reshape(-1)
+  order = jnp.argsort(jnp.where(weights > 0, x, jnp.inf))
+  x, cum = x[order], jnp.cumsum(weights[order])
+  half = 0.5 * cum[-1]
+  lo = jnp.searchsorted(cum, half, side='left')
+  hi = jnp.minimum(jnp.searchsorted(cum, half, side='right'), x.size - 1)
+  return jnp.where(cum[-1] > 0, 0.5 * (x[lo] + x[hi]), jnp.nan)
+
+
+def _masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
+  """Mean over the last axis where ``mask`` (NaN for an empty row)."""
+  n = jnp.sum(mask, axis=-1)
+  return jnp.where(n > 0, jnp.sum(jnp.where(mask, x, 0.0), -1) / n, jnp.nan)
+
+
+def _clamp_and_ema(raw, old, beta3, clamp, clamp_before):
+  lo, hi = clamp
+  if clamp_before:
+    raw = jnp.clip(raw, lo, hi)
+  new = beta3 * old + (1.0 - beta3) * raw
+  return new if clamp_before else jnp.clip(new, lo, hi)
+
+
+def mda_rule(x: jax.Array, valid: jax.Array, weights: jax.Array,
+             ids: jax.Array, old_scales: jax.Array, old_mdas: jax.Array, *,
+             beta3, clamp,
+             clamp_before: bool, eps, global_stat: str) -> Scales:
+  r"""The paper's rule: median deviation to the layer average (MDA).
+
+  For layer :math:`l`, cluster :math:`c` and the clustered statistic
+  :math:`m` (Li et al., 2025, Eqs. 5-7):
+
+  .. math::
+    D_{l,c} = \operatorname{median}_{i \in c} |m_i - \bar m_l|, \qquad
+    S_{l,c} \leftarrow \beta_3 S_{l,c}
+      + (1 - \beta_3)\, \mathrm{clip}\Big(\frac{D}{D_{l,c} + \epsilon},
+      0.1, 10\Big),
+
+  where the model-wide deviation :math:`D` is, by ``global_stat``:
+
+  * ``'layer_mean'`` (G1, default): the median over every grouped element of
+    the model of :math:`|m_i - \bar m_{l(i)}|`;
+  * ``'global_mean'`` (G2): the median of :math:`|m_i - \bar m|` with the
+    model-wide mean;
+  * ``'cluster_mdas'`` (G3): the median of the :math:`D_{l,c}`.
+
+  A cluster with no members, or whose deviation is zero (a constant
+  cluster: frozen layers, single elements), carries no information and keeps
+  its previous scale (and its previous :math:`D_{l,c}`).
+
+  Args:
+    x: ``(G, S)`` sampled signed statistic (zero where not valid).
+    valid: ``(G, S)`` mask of usable samples.
+    weights: ``(G, S)`` elements each sample stands for.
+    ids: ``(G, S)`` cluster ids of the samples.
+    old_scales: ``(G, K)`` current scales.
+    old_mdas: ``(G, K)`` the previous :math:`D_{l,c}`.
+    beta3: scale EMA decay.
+    clamp: ``(low, high)`` bounds of the factor.
+    clamp_before: clamp the raw ratio before the EMA (paper text) or the
+      scale after it.
+    eps: added to :math:`D_{l,c}`.
+    global_stat: one of :data:`GLOBAL_STATS`.
+
+  Returns:
+    :class:`Scales`.
+  """
+  num_clusters = old_scales.shape[-1]
+  mean = _masked_mean(x, valid)
+  dev = jnp.abs(x - mean[:, None])
+  mda = cluster_medians(dev, ids, valid, num_clusters)
+  informative = jnp.isfinite(mda) & (mda > 0)
+  if global_stat == 'layer_mean':
+    glob = weighted_median(dev, jnp.where(valid, weights, 0.0))
+  elif global_stat == 'global_mean':
+    w = jnp.where(valid, weights, 0.0)
+    mu = jnp.sum(w * x) / jnp.sum(w)
+    glob = weighted_median(jnp.abs(x - mu), w)
+  else:
+    glob = masked_median(mda.reshape(1, -1), informative.reshape(1, -1))[0]
+  new = _clamp_and_ema(glob / (mda + eps), old_scales, beta3, clamp,
+                       clamp_before)
+  return Scales(jnp.where(informative, new, old_scales),
+                jnp.where(informative, mda, old_mdas), glob)
+
+
+def reference_rule(x: jax.Array, valid: jax.Array, ids: jax.Array,
+                   old_scales: jax.Array, old_means: jax.Array,
+                   first: jax.Array, *, beta3, cluster_decay, clamp,
+                   clamp_before: bool, eps, ema_init: str) -> Scales:
+  r"""The rule of the public reference code (cluster means against the layer).
+
+  With :math:`a = |m|`, a layer mean :math:`\bar a_l` and cluster means
+  :math:`\bar a_{l,c}` (an empty cluster takes the layer mean):
+
+  .. math::
+    E_{l,c} \leftarrow \delta E_{l,c} + (1 - \delta) \bar a_{l,c}, \qquad
+    S_{l,c} \leftarrow \mathrm{clip}\Big(\beta_3 S_{l,c}
+      + (1 - \beta_3) \frac{\bar a_l}{E_{l,c} + \epsilon}, 0.1, 10\Big).
+
+  The reference code starts :math:`E` at 1 (``ema_init='ones'``), which for
+  small statistics drives every scale down uniformly until the clamp;
+  ``ema_init='first'`` starts it at the first observed cluster means.
+
+  Args:
+    x: ``(G, S)`` sampled statistic (zero where not valid).
+    valid: ``(G, S)`` mask of usable samples.
+    ids: ``(G, S)`` cluster ids of the samples.
+    old_scales: ``(G, K)`` current scales.
+    old_means: ``(G, K)`` current EMA of the cluster means.
+    first: ``(G,)`` whether this is the layer's first refresh.
+    beta3: scale EMA decay.
+    cluster_decay: decay :math:`\delta` of the cluster-mean EMA.
+    clamp: ``(low, high)`` bounds.
+    clamp_before: clamp the raw ratio before the EMA instead of after.
+    eps: added to the EMA in the denominator.
+    ema_init: ``'ones'`` (as the reference code) or ``'first'``.
+
+  Returns:
+    :class:`Scales`.
+  """
+  num_clusters = old_scales.shape[-1]
+  a = jnp.abs(x)
+  layer = _masked_mean(a, valid)
+  member = kmeans.one_hot(ids, valid, num_clusters) > 0
+  means = jnp.stack([_masked_mean(a, member[..., k])
+                     for k in range(num_clusters)], axis=-1)
+  means = jnp.where(jnp.isnan(means), layer[:, None], means)
+  start = jnp.ones_like(means) if ema_init == 'ones' else means
+  prev = jnp.where(first[:, None], start, old_means)
+  ema = cluster_decay * prev + (1.0 - cluster_decay) * means
+  new = _clamp_and_ema(layer[:, None] / (ema + eps), old_scales, beta3,
+                       clamp, clamp_before)
+  return Scales(new, ema, jnp.zeros((), jnp.float32))
