@@ -7,17 +7,14 @@ adaptive step by a factor per group. :func:`sgg` is the chain link,
 momentum, and the aliases are ready-made optimizers.
 """
 
-from sgg_optax._src.aliases import adafactor_sgg
-from sgg_optax._src.aliases import adamw_sgg
-from sgg_optax._src.aliases import lamb_sgg
-from sgg_optax._src.diagnostics import ClusterSummary
-from sgg_optax._src.diagnostics import cluster_summary
-from sgg_optax._src.diagnostics import find_sgg_states
-from sgg_optax._src.diagnostics import group_names
-from sgg_optax._src.transform import SGGState
-from sgg_optax._src.transform import SGGWrapperState
-from sgg_optax._src.transform import sgg
-from sgg_optax._src.transform import with_sgg
+from sgg_optax._src.aliases import adafactor_sgg, adamw_sgg, lamb_sgg
+from sgg_optax._src.diagnostics import (
+    ClusterSummary,
+    cluster_summary,
+    find_sgg_states,
+    group_names,
+)
+from sgg_optax._src.transform import SGGState, SGGWrapperState, sgg, with_sgg
 
 __version__ = '0.1.0'
 

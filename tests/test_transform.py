@@ -116,10 +116,11 @@ def test_dynamic_assignment_reassigns_every_step():
                           assignment='dynamic')
   sf, sd = frozen.init(_tree(0, shapes)), dynamic.init(_tree(0, shapes))
   assert isinstance(sd.ids['w'], optax.MaskedNode)
+  fstep, dstep = jax.jit(frozen.update), jax.jit(dynamic.update)
   for t in range(1, 5):
     u = _tree(t, shapes)
-    of, sf = frozen.update(u, sf)
-    od, sd = dynamic.update(u, sd)
+    of, sf = fstep(u, sf)
+    od, sd = dstep(u, sd)
     np.testing.assert_allclose(sd.scales, sf.scales)
     if t < 3:
       np.testing.assert_array_equal(od['w'], u['w'])
@@ -170,9 +171,10 @@ def test_reference_rule_matches_its_formula():
   state = tx.init(_tree(0, shapes))
   ema = None
   scales = np.ones(2)
+  update = jax.jit(tx.update)
   for t in range(1, 4):
     u = _tree(t, shapes)
-    _, state = tx.update(u, state)
+    _, state = update(u, state)
     a = np.abs(np.asarray(u['w'], np.float64))
     ids = np.asarray(state.ids['w'])
     means = np.array([a[ids == j].mean() for j in range(2)])
@@ -191,9 +193,10 @@ def test_reference_rule_with_ones_init_decays_uniformly():
                      cluster_decay=0.95)
   params = {'w': jnp.zeros((50, 20))}
   state = tx.init(params)
+  update = jax.jit(tx.update)
   for t in range(30):
     u = jax.tree.map(lambda x: 1e-4 * x, _tree(t, {'w': (50, 20)}))
-    _, state = tx.update(u, state)
+    _, state = update(u, state)
   np.testing.assert_allclose(state.scales, 0.1, rtol=1e-6)
 
 
@@ -229,5 +232,5 @@ def test_boundary_arguments_are_accepted():
                  dict(kmeans_iters=0)):
     tx = sgg_optax.sgg(**kwargs)
     params = {'w': jnp.arange(12.0).reshape(3, 4)}
-    out, state = tx.update(params, tx.init(params))
+    out, _ = jax.jit(tx.update)(params, tx.init(params))
     assert jnp.all(jnp.isfinite(out['w']))

@@ -1,4 +1,4 @@
-"""SGG's per-cluster scaling rules: the paper's MDA rule and the reference one."""
+"""SGG's per-cluster scaling: the paper's MDA rule and the reference rule."""
 
 from typing import NamedTuple
 

@@ -8,7 +8,6 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
-from optax.tree_utils import _state_utils
 
 from sgg_optax._src import kmeans, sampling, scaling
 
@@ -278,7 +277,7 @@ def _apply(updates: optax.Updates, stat: optax.Updates, state: SGGState,
       out.append(u)
       ids.append(old)
       continue
-    col = lambda a: _rows(a, lay, u.ndim)
+    col = functools.partial(_rows, lay=lay, ndim=u.ndim)
     feat = s.astype(jnp.promote_types(s.dtype, jnp.float32))
     feat = jnp.abs(feat) if cfg.cluster_stat == 'abs' else feat
     fresh = kmeans.assign(feat, [col(bounds[:, j])

@@ -1,0 +1,135 @@
+"""Unit tests of the K-means, the median helpers and the refresh sample."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import sgg_optax
+from sgg_optax._src import kmeans, sampling, scaling
+from tests import numpy_reference as ref
+
+
+def test_kmeans_matches_numpy_lloyd_per_row():
+  rng = np.random.default_rng(0)
+  x = rng.standard_t(3, size=(5, 300)).astype(np.float32)
+  valid = rng.random((5, 300)) < 0.8
+  valid[4] = False
+  valid[4, :2] = True  # fewer values than clusters
+  start = kmeans.quantile_init(jnp.asarray(x), jnp.asarray(valid), 3)
+  got = jax.jit(kmeans.kmeans_1d, static_argnums=3)(
+      jnp.asarray(np.where(valid, x, 0)), jnp.asarray(valid), start, 12)
+  for g in range(5):
+    row = x[g][valid[g]].astype(np.float64)
+    np.testing.assert_allclose(start[g], ref.quantile_init(row, 3), rtol=1e-6)
+    want = ref.kmeans(row, ref.quantile_init(row, 3), 12)
+    np.testing.assert_allclose(got[g], want, rtol=1e-5, atol=1e-6)
+    assert np.all(np.diff(np.asarray(got[g])) >= 0)
+
+
+def test_assignment_is_nearest_centre():
+  rng = np.random.default_rng(1)
+  x = rng.normal(size=1000).astype(np.float32)
+  centres = np.sort(rng.normal(size=4)).astype(np.float32)
+  bounds = kmeans.thresholds(jnp.asarray(centres))
+  ids = kmeans.assign(jnp.asarray(x), list(bounds))
+  assert ids.dtype == jnp.uint8
+  np.testing.assert_array_equal(ids, ref.nearest(x, centres))
+
+
+def test_cluster_medians_match_numpy():
+  rng = np.random.default_rng(2)
+  x = rng.exponential(size=(3, 101)).astype(np.float32)
+  ids = rng.integers(0, 3, size=(3, 101)).astype(np.uint8)
+  valid = rng.random((3, 101)) < 0.9
+  ids[2][ids[2] == 1] = 0  # an empty cluster
+  got = scaling.cluster_medians(jnp.asarray(x), jnp.asarray(ids),
+                                jnp.asarray(valid), 3)
+  for g in range(3):
+    for k in range(3):
+      sel = valid[g] & (ids[g] == k)
+      if sel.any():
+        np.testing.assert_allclose(got[g, k], np.median(x[g][sel]), rtol=1e-6)
+      else:
+        assert np.isnan(got[g, k])
+
+
+def test_weighted_median():
+  rng = np.random.default_rng(3)
+  x = rng.normal(size=(4, 50)).astype(np.float32)
+  ones = np.ones_like(x)
+  np.testing.assert_allclose(scaling.weighted_median(x, ones), np.median(x),
+                             rtol=1e-6)
+  w = rng.integers(0, 4, size=x.shape).astype(np.float32)
+  want = np.median(np.repeat(x.ravel(), w.ravel().astype(int)))
+  got = scaling.weighted_median(jnp.asarray(x), jnp.asarray(w))
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+  assert np.isnan(scaling.weighted_median(x, np.zeros_like(x)))
+
+
+@pytest.mark.parametrize('shape,stacked', [
+    ((7,), False), ((64, 64), False), ((300, 1000), False),
+    ((12, 64, 48), False), ((4, 128, 512), True), ((32000, 512), False),
+    ((4097,), False), ((1000, 3), False),
+])
+def test_sample_layout(shape, stacked):
+  size = 4096
+  lay = sampling.leaf_layout(shape, stacked, size, offset=5)
+  per_row = np.prod(shape[1:] if stacked else shape)
+  assert lay.count <= size
+  assert lay.numel == per_row
+  assert lay.rows == (shape[0] if stacked else 1)
+  x = np.arange(np.prod(shape), dtype=np.float64).reshape(shape)
+  got = np.asarray(sampling.sample_leaf(jnp.asarray(x, jnp.float32), lay))
+  assert got.shape == (lay.rows, lay.count)
+  if per_row <= size:
+    np.testing.assert_array_equal(got.reshape(-1), x.reshape(-1))
+    return
+  flat = (got % per_row).astype(np.int64)  # position within the row
+  assert len(np.unique(flat[0])) == lay.count
+  assert lay.count >= size // 2
+  # spread over the whole row: both ends are reached within one stride
+  assert flat.min() < per_row / 8 and flat.max() > per_row * 7 / 8
+  if lay.view[-1] == 16 and len(lay.view) > len(lay.strides):
+    runs = np.diff(np.sort(flat[0]).reshape(-1, 16), axis=1)
+    assert np.all(runs == 1)  # runs of 16 consecutive elements
+
+
+def test_sample_median_error_is_small():
+  """The sampled median of a 1M-element layer lands near rank 1/2."""
+  rng = np.random.default_rng(4)
+  x = rng.standard_t(3, size=(1024, 1024)).astype(np.float32)
+  lay = sampling.leaf_layout(x.shape, False, 4096, 0)
+  sample = np.asarray(sampling.sample_leaf(jnp.asarray(x), lay))[0]
+  dev = np.abs(x - x.mean())
+  est = np.median(np.abs(sample - sample.mean()))
+  rank = np.mean(dev <= est)
+  assert abs(rank - 0.5) < 0.02, rank
+
+
+def test_refresh_on_large_layer_tracks_exact_statistics():
+  """Sample-based MDAs and global deviation versus exact NumPy ones."""
+  rng = np.random.default_rng(5)
+  shapes = {'big': (512, 2048), 'small': (40, 50)}
+  u = {k: jnp.asarray(rng.standard_t(3, size=s), jnp.float32)
+       for k, s in shapes.items()}
+  tx = sgg_optax.sgg(3, recluster_interval=1, beta3=0.0)
+  _, state = jax.jit(tx.update)(u, tx.init(u))
+  names = sgg_optax.group_names(u)
+  g = names.index('big')
+  x = np.asarray(u['big'], np.float64).ravel()
+  ids = np.asarray(state.ids['big']).ravel()
+  dev = np.abs(x - x.mean())
+  for k in range(3):
+    d = dev[ids == k]
+    rank = np.mean(d <= float(state.cluster_stats[g, k]))
+    assert abs(rank - 0.5) < 0.05, (k, rank)
+  alldev = np.concatenate(
+      [dev, np.abs(np.asarray(u['small']).ravel()
+                   - np.asarray(u['small']).mean())])
+  rank = np.mean(alldev <= float(state.global_stat))
+  assert abs(rank - 0.5) < 0.02, rank
+  # the ids of all elements come from the sampled centres' boundaries
+  bounds = 0.5 * (state.centres[g, :-1] + state.centres[g, 1:])
+  np.testing.assert_array_equal(
+      ids, np.searchsorted(np.asarray(bounds), x.astype(np.float32)))
