@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import sgg_optax
-from sgg_optax._src import kmeans, sampling, scaling
+from sgg_optax._src import kmeans, quantiles, sampling
 from tests import numpy_reference as ref
 
 
@@ -43,7 +43,7 @@ def test_cluster_medians_match_numpy():
   ids = rng.integers(0, 3, size=(3, 101)).astype(np.uint8)
   valid = rng.random((3, 101)) < 0.9
   ids[2][ids[2] == 1] = 0  # an empty cluster
-  got = scaling.cluster_medians(jnp.asarray(x), jnp.asarray(ids),
+  got = quantiles.cluster_medians(jnp.asarray(x), jnp.asarray(ids),
                                 jnp.asarray(valid), 3)
   for g in range(3):
     for k in range(3):
@@ -58,13 +58,34 @@ def test_weighted_median():
   rng = np.random.default_rng(3)
   x = rng.normal(size=(4, 50)).astype(np.float32)
   ones = np.ones_like(x)
-  np.testing.assert_allclose(scaling.weighted_median(x, ones), np.median(x),
-                             rtol=1e-6)
+  np.testing.assert_allclose(quantiles.median(x.reshape(1, -1),
+                                              ones.reshape(1, -1)),
+                             [np.median(x)], rtol=1e-6)
+  np.testing.assert_allclose(quantiles.median(x, ones), np.median(x, axis=1),
+                             rtol=1e-6)  # row-wise, odd count per row
   w = rng.integers(0, 4, size=x.shape).astype(np.float32)
   want = np.median(np.repeat(x.ravel(), w.ravel().astype(int)))
-  got = scaling.weighted_median(jnp.asarray(x), jnp.asarray(w))
-  np.testing.assert_allclose(got, want, rtol=1e-6)
-  assert np.isnan(scaling.weighted_median(x, np.zeros_like(x)))
+  got = quantiles.median(jnp.asarray(x).reshape(1, -1),
+                         jnp.asarray(w).reshape(1, -1))
+  np.testing.assert_allclose(got, [want], rtol=1e-6)
+  assert np.isnan(quantiles.median(x, np.zeros_like(x))).all()
+
+
+@pytest.mark.parametrize('dist', ['normal', 'signed_tiny', 'ties'])
+def test_order_statistics_are_exact(dist):
+  rng = np.random.default_rng(6)
+  if dist == 'normal':
+    x = rng.normal(size=(4, 257))
+  elif dist == 'signed_tiny':  # both signs, 40 decades of magnitude
+    x = rng.choice([-1, 1], (4, 257)) * 10.0 ** rng.uniform(-30, 10, (4, 257))
+  else:
+    x = rng.integers(-3, 4, size=(4, 257)).astype(float)
+  x = x.astype(np.float32)
+  ranks = np.array([1, 17, 129, 257], np.float32)
+  got = quantiles.quantiles(jnp.asarray(x), jnp.ones_like(x),
+                            jnp.tile(jnp.asarray(ranks), (4, 1)))
+  want = np.sort(x, axis=1)[:, ranks.astype(int) - 1]
+  np.testing.assert_array_equal(got, want)
 
 
 @pytest.mark.parametrize('shape,stacked', [

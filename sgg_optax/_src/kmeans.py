@@ -5,6 +5,8 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
+from sgg_optax._src import quantiles
+
 
 def thresholds(centres: jax.Array) -> jax.Array:
   r"""Decision boundaries of sorted 1-D centres.
@@ -52,15 +54,19 @@ def assign_rows(x: jax.Array, centres: jax.Array) -> jax.Array:
   return assign(x, [bounds[:, k, None] for k in range(bounds.shape[-1])])
 
 
-def one_hot(ids: jax.Array, valid: jax.Array, num_clusters: int) -> jax.Array:
-  """``(G, S, K)`` float mask of cluster membership, zero where not valid."""
-  hot = ids[..., None] == jnp.arange(num_clusters, dtype=ids.dtype)
-  return (hot & valid[..., None]).astype(jnp.float32)
+def cluster_counts(ids: jax.Array, valid: jax.Array, num_clusters: int
+                   ) -> jax.Array:
+  """``(G, K)`` number of valid entries of each row in each cluster."""
+  return jnp.stack([jnp.sum(valid & (ids == k), -1)
+                    for k in range(num_clusters)], -1).astype(jnp.float32)
 
 
 def quantile_init(x: jax.Array, valid: jax.Array, num_clusters: int
                   ) -> jax.Array:
   r"""Deterministic initial centres: the ``(k + 1/2) / K`` quantiles.
+
+  Centre ``k`` is the ``(floor(n (k + 1/2) / K) + 1)``-th smallest of a row's
+  ``n`` valid values (found without sorting, see :mod:`quantiles`).
 
   Args:
     x: ``(G, S)`` values (a per-layer sample, small and replicated).
@@ -70,13 +76,10 @@ def quantile_init(x: jax.Array, valid: jax.Array, num_clusters: int
   Returns:
     ``(G, K)`` sorted centres (NaN for rows without valid entries).
   """
-  ranked = jnp.sort(jnp.where(valid, x, jnp.inf), axis=-1)
-  n = jnp.sum(valid, axis=-1, keepdims=True)
+  n = jnp.sum(valid, axis=-1, keepdims=True).astype(jnp.float32)
   q = (jnp.arange(num_clusters) + 0.5) / num_clusters
-  idx = jnp.clip(jnp.floor(q * n).astype(jnp.int32), 0,
-                 jnp.maximum(n - 1, 0))
-  centres = jnp.take_along_axis(ranked, idx, axis=-1)
-  return jnp.where(n > 0, centres, jnp.nan)
+  return quantiles.quantiles(x, valid.astype(jnp.float32),
+                             jnp.floor(q * n) + 1.0)
 
 
 def kmeans_1d(x: jax.Array, valid: jax.Array, centres: jax.Array,
@@ -111,11 +114,11 @@ def kmeans_1d(x: jax.Array, valid: jax.Array, centres: jax.Array,
   num_clusters = centres.shape[-1]
 
   def step(_, c):
-    hot = one_hot(assign_rows(x, c), valid, num_clusters)
-    counts = jnp.sum(hot, axis=1)
-    sums = jnp.einsum('gsk,gs->gk', hot, x)
+    ids = assign_rows(x, c)
+    counts = cluster_counts(ids, valid, num_clusters)
+    sums = jnp.stack([jnp.sum(jnp.where(valid & (ids == k), x, 0.0), -1)
+                      for k in range(num_clusters)], -1)
     moved = jnp.where(counts > 0, sums / jnp.maximum(counts, 1.0), c)
     return jnp.sort(moved, axis=-1)
 
   return jax.lax.fori_loop(0, num_iters, step, centres)
-

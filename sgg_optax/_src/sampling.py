@@ -148,17 +148,19 @@ def stack_samples(stats: Sequence[jax.Array], layouts: Sequence[LeafLayout],
 
 
 def sample_weights(layouts: Sequence[LeafLayout], sample_size: int
-                   ) -> np.ndarray:
+                   ) -> jax.Array:
   """How many elements each sampled value stands for; 0 on padding.
 
   A row with ``numel`` elements of which ``count`` are sampled gives each
   sample the weight ``numel / count``, so model-wide statistics weigh every
-  layer by its size.
+  layer by its size. Built from per-row numbers (no large constant).
+
+  Returns:
+    float32 ``(G, sample_size)``.
   """
-  weights = []
-  for lay in layouts:
-    row = np.zeros(sample_size, np.float32)
-    row[:lay.count] = lay.numel / lay.count
-    weights.extend([row] * lay.rows)
-  return np.stack(weights) if weights else np.zeros((0, sample_size),
-                                                     np.float32)
+  count = np.concatenate([[lay.count] * lay.rows for lay in layouts])
+  weight = np.concatenate([[lay.numel / lay.count] * lay.rows
+                           for lay in layouts]).astype(np.float32)
+  cols = jnp.arange(sample_size)[None, :]
+  return jnp.where(cols < jnp.asarray(count)[:, None],
+                   jnp.asarray(weight)[:, None], jnp.float32(0.0))

@@ -5,7 +5,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from sgg_optax._src import kmeans
+from sgg_optax._src import quantiles
 
 SCALE_RULES = ('mda', 'reference')
 GLOBAL_STATS = ('layer_mean', 'global_mean', 'cluster_mdas')
@@ -25,53 +25,6 @@ class Scales(NamedTuple):
   scales: jax.Array
   cluster_stats: jax.Array
   global_stat: jax.Array
-
-
-def cluster_medians(x: jax.Array, ids: jax.Array, valid: jax.Array,
-                    num_clusters: int) -> jax.Array:
-  """Median of each row of ``x`` within each cluster (NaN when empty).
-
-  Exact (the two middle values are averaged for an even count, like
-  ``np.median``), with one sort of the row keyed by (cluster, value); meant
-  for the small replicated refresh sample.
-
-  Args:
-    x: ``(G, S)`` values.
-    ids: ``(G, S)`` cluster ids in ``[0, num_clusters)``.
-    valid: ``(G, S)`` mask of the entries to use.
-    num_clusters: ``K``.
-
-  Returns:
-    ``(G, K)`` medians.
-  """
-  key = jnp.where(valid, ids.astype(jnp.int32), num_clusters)
-  _, ranked = jax.lax.sort((key, x), dimension=-1, num_keys=2)
-  n = jnp.sum(kmeans.one_hot(ids, valid, num_clusters), axis=1
-              ).astype(jnp.int32)
-  start = jnp.cumsum(n, axis=-1) - n
-  lo = jnp.take_along_axis(ranked, start + jnp.maximum((n - 1) // 2, 0), -1)
-  hi = jnp.take_along_axis(ranked, start + jnp.maximum(n // 2, 0), -1)
-  return jnp.where(n > 0, 0.5 * (lo + hi), jnp.nan)
-
-
-def masked_median(x: jax.Array, mask: jax.Array) -> jax.Array:
-  """Median of each row of ``x`` over ``mask`` (NaN for an empty row)."""
-  return cluster_medians(x, jnp.zeros(x.shape, jnp.uint8), mask, 1)[:, 0]
-
-
-def weighted_median(x: jax.Array, weights: jax.Array) -> jax.Array:
-  """Weighted median of all entries (NaN when all weights are zero).
-
-  With equal integer weights this is ``np.median`` (the two middle values
-  are averaged when the cumulative weight hits one half exactly).
-  """
-  x, weights = x.reshape(-1), weights.reshape(-1)
-  order = jnp.argsort(jnp.where(weights > 0, x, jnp.inf))
-  x, cum = x[order], jnp.cumsum(weights[order])
-  half = 0.5 * cum[-1]
-  lo = jnp.searchsorted(cum, half, side='left')
-  hi = jnp.minimum(jnp.searchsorted(cum, half, side='right'), x.size - 1)
-  return jnp.where(cum[-1] > 0, 0.5 * (x[lo] + x[hi]), jnp.nan)
 
 
 def _masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
@@ -135,16 +88,18 @@ def mda_rule(x: jax.Array, valid: jax.Array, weights: jax.Array,
   num_clusters = old_scales.shape[-1]
   mean = _masked_mean(x, valid)
   dev = jnp.abs(x - mean[:, None])
-  mda = cluster_medians(dev, ids, valid, num_clusters)
+  mda = quantiles.cluster_medians(dev, ids, valid, num_clusters)
   informative = jnp.isfinite(mda) & (mda > 0)
+  w = jnp.where(valid, weights, 0.0)
   if global_stat == 'layer_mean':
-    glob = weighted_median(dev, jnp.where(valid, weights, 0.0))
+    glob = quantiles.median(dev.reshape(1, -1), w.reshape(1, -1))[0]
   elif global_stat == 'global_mean':
-    w = jnp.where(valid, weights, 0.0)
     mu = jnp.sum(w * x) / jnp.sum(w)
-    glob = weighted_median(jnp.abs(x - mu), w)
+    glob = quantiles.median(jnp.abs(x - mu).reshape(1, -1),
+                            w.reshape(1, -1))[0]
   else:
-    glob = masked_median(mda.reshape(1, -1), informative.reshape(1, -1))[0]
+    glob = quantiles.median(jnp.where(informative, mda, 0.0).reshape(1, -1),
+                            informative.reshape(1, -1).astype(jnp.float32))[0]
   new = _clamp_and_ema(glob / (mda + eps), old_scales, beta3, clamp,
                        clamp_before)
   return Scales(jnp.where(informative, new, old_scales),
@@ -189,8 +144,8 @@ def reference_rule(x: jax.Array, valid: jax.Array, ids: jax.Array,
   num_clusters = old_scales.shape[-1]
   a = jnp.abs(x)
   layer = _masked_mean(a, valid)
-  member = kmeans.one_hot(ids, valid, num_clusters) > 0
-  means = jnp.stack([_masked_mean(a, member[..., k])
+  member = ids[..., None] == jnp.arange(num_clusters, dtype=ids.dtype)
+  means = jnp.stack([_masked_mean(a, member[..., k] & valid)
                      for k in range(num_clusters)], axis=-1)
   means = jnp.where(jnp.isnan(means), layer[:, None], means)
   start = jnp.ones_like(means) if ema_init == 'ones' else means

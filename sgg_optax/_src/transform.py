@@ -155,7 +155,7 @@ def _plan(tree: Any, cfg: _Config) -> list[sampling.LeafLayout | None]:
   grouped = _leaf_flags(cfg.mask, tree, lambda x: x.ndim - next(it) >= 2)
   layouts, offset = [], 0
   for leaf, group, stack in zip(leaves, grouped, stacked):
-    if not group:
+    if not group or leaf.size == 0:
       layouts.append(None)
       continue
     if stack and leaf.ndim < 1:
@@ -201,11 +201,14 @@ def _refresh(x: jax.Array, weights: jax.Array, state: SGGState,
   x = jnp.where(valid, x, 0.0)
   feat = jnp.abs(x) if cfg.cluster_stat == 'abs' else x
   first = jnp.all(state.centres == state.centres[:, :1], axis=-1)
-  start = jnp.where(first[:, None], kmeans.quantile_init(feat, valid, k),
-                    state.centres)
+  start = jax.lax.cond(
+      jnp.any(first),
+      lambda: jnp.where(first[:, None], kmeans.quantile_init(feat, valid, k),
+                        state.centres),
+      lambda: state.centres)
   centres = kmeans.kmeans_1d(feat, valid, start, cfg.kmeans_iters)
   ids = kmeans.assign_rows(feat, centres)
-  counts = jnp.sum(kmeans.one_hot(ids, valid, k), axis=1)
+  counts = kmeans.cluster_counts(ids, valid, k)
   fractions = counts / jnp.maximum(jnp.sum(counts, -1, keepdims=True), 1.0)
   common = dict(beta3=cfg.beta3, clamp=cfg.clamp,
                 clamp_before=cfg.clamp_before, eps=cfg.eps)
@@ -243,12 +246,24 @@ def _rows(a: jax.Array, lay: sampling.LeafLayout, ndim: int) -> jax.Array:
   return a.reshape((lay.rows,) + (1,) * (ndim - 1)) if lay.rows > 1 else a[0]
 
 
-def _select(ids: jax.Array, table: list[jax.Array]) -> jax.Array:
-  """``table[ids]`` as a chain of selects (fuses into the update)."""
-  out = table[-1]
+def _leaf_ids(stat: jax.Array, lay: sampling.LeafLayout, centres: jax.Array,
+              cfg: _Config) -> jax.Array:
+  """Cluster ids of one parameter's statistic (elementwise, fused)."""
+  feat = stat.astype(jnp.promote_types(stat.dtype, jnp.float32))
+  feat = jnp.abs(feat) if cfg.cluster_stat == 'abs' else feat
+  bounds = kmeans.thresholds(centres)
+  return kmeans.assign(feat, [_rows(bounds[:, j], lay, stat.ndim)
+                              for j in range(bounds.shape[1])])
+
+
+def _leaf_scaled(u: jax.Array, ids: jax.Array, lay: sampling.LeafLayout,
+                 scales: jax.Array) -> jax.Array:
+  """``u * S[ids]`` as a chain of selects (fuses into the update)."""
+  table = [_rows(scales[:, k], lay, u.ndim) for k in range(scales.shape[1])]
+  scale = table[-1]
   for k in range(len(table) - 2, -1, -1):
-    out = jnp.where(ids == k, table[k], out)
-  return out
+    scale = jnp.where(ids == k, table[k], scale)
+  return u * scale.astype(u.dtype)
 
 
 def _apply(updates: optax.Updates, stat: optax.Updates, state: SGGState,
@@ -261,35 +276,41 @@ def _apply(updates: optax.Updates, stat: optax.Updates, state: SGGState,
   leaves, treedef = jax.tree.flatten(updates)
   stats = treedef.flatten_up_to(stat)
   old_ids = treedef.flatten_up_to(state.ids)
-  grouped = [(s, lay) for s, lay in zip(stats, layouts) if lay is not None]
-  samples = sampling.stack_samples(*zip(*grouped), cfg.sample_size)
-  weights = jnp.asarray(sampling.sample_weights([g[1] for g in grouped],
-                                                cfg.sample_size))
+  group = [i for i, lay in enumerate(layouts) if lay is not None]
+  lays = [layouts[i] for i in group]
+  samples = sampling.stack_samples([stats[i] for i in group], lays,
+                                   cfg.sample_size)
+  weights = sampling.sample_weights(lays, cfg.sample_size)
   refresh = count % cfg.recluster_interval == 0
-  new = jax.lax.cond(refresh, functools.partial(_refresh, cfg=cfg),
-                     lambda x, w, s: _kept(s), samples, weights, state)
-  bounds = kmeans.thresholds(new.centres)
-  take = refresh & new.ok
   frozen = cfg.assignment == 'frozen'
-  out, ids = [], []
-  for u, s, old, lay in zip(leaves, stats, old_ids, layouts):
-    if lay is None:
-      out.append(u)
-      ids.append(old)
-      continue
-    col = functools.partial(_rows, lay=lay, ndim=u.ndim)
-    feat = s.astype(jnp.promote_types(s.dtype, jnp.float32))
-    feat = jnp.abs(feat) if cfg.cluster_stat == 'abs' else feat
-    fresh = kmeans.assign(feat, [col(bounds[:, j])
-                                 for j in range(cfg.num_clusters - 1)])
+
+  # The refresh reads the small sample; with frozen ids it also re-assigns
+  # every element, and only there: on other steps the ids pass through.
+  def refreshed(samples, stats, ids):
+    new = _refresh(samples, weights, state, cfg)
+    ids = [jnp.where(_rows(new.ok, lay, old.ndim),
+                     _leaf_ids(s, lay, new.centres, cfg), old)
+           for s, old, lay in zip(stats, ids, lays)]
+    return new, ids
+
+  def kept(samples, stats, ids):
+    del samples, stats
+    return _kept(state), ids
+
+  new, ids = jax.lax.cond(
+      refresh, refreshed, kept, samples,
+      [stats[i] for i in group] if frozen else [],
+      [old_ids[i] for i in group] if frozen else [])
+  ids = dict(zip(group, ids))
+  out, new_ids = list(leaves), list(old_ids)
+  for i, lay in zip(group, lays):
     if frozen:
-      fresh = jnp.where(col(take), fresh, old)
-    scale = _select(fresh, [col(new.scales[:, j])
-                            for j in range(cfg.num_clusters)])
-    out.append(u * scale.astype(u.dtype))
-    ids.append(fresh if frozen else old)
+      new_ids[i] = ids[i]
+    else:  # dynamic: assign from this step's statistic, store nothing
+      ids[i] = _leaf_ids(stats[i], lay, new.centres, cfg)
+    out[i] = _leaf_scaled(leaves[i], ids[i], lay, new.scales)
   return treedef.unflatten(out), SGGState(
-      count, treedef.unflatten(ids), new.centres, new.scales,
+      count, treedef.unflatten(new_ids), new.centres, new.scales,
       new.cluster_stats, new.fractions, new.global_stat)
 
 

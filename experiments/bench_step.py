@@ -1,0 +1,256 @@
+"""Step time, compile time and memory of SGG against its base optimizer.
+
+Everything is measured in one process: each optimizer's jitted train step
+(``update`` + ``apply_updates``, parameters and state donated) is compiled,
+warmed up, and then all variants are timed in interleaved rounds so that
+machine load hits them alike. Reported ratios are medians over rounds of the
+per-round ratio to the base optimizer (and the minimum), for:
+
+* a step that does not re-cluster (``recluster_interval`` never reached),
+* a step that re-clusters (``recluster_interval=1``),
+* the amortised cost at ``T``: ``((T - 1) * plain + refresh) / T``.
+
+It also counts SGG's state bytes beyond the base optimizer per grouped
+parameter, the compile time of the step, and the compiled step's memory
+(``compiled.memory_analysis()``). Results go to a JSON and a Markdown table.
+
+Run ``python -m experiments.bench_step --help``.
+"""
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from tqdm import tqdm
+
+import sgg_optax
+
+NEVER = 2**30  # a recluster interval no benchmark reaches
+
+
+def matrix_tree(size: int) -> dict[str, tuple[int, ...]]:
+  """One square-ish matrix of about ``size`` parameters."""
+  side = int(math.sqrt(size))
+  return {'w': (side, size // side)}
+
+
+def llama_tree(size: int) -> dict[str, tuple[int, ...]]:
+  """A LLaMA-like tree of about ``size`` parameters and ~100 leaves.
+
+  Token embedding, untied output head, and per layer four attention kernels,
+  three SwiGLU kernels and two norm scales (the norms are 1-D, so SGG leaves
+  them alone by default).
+  """
+  layers, vocab = 10, 8192 if size > 1e6 else 512
+  # solve 2*vocab*d + layers*(4 d^2 + 3 * d * (8d/3)) = size for d
+  a, b = 12 * layers, 2 * vocab
+  dim = max(64, round((-b + math.sqrt(b * b + 4 * a * size)) / (2 * a) / 64)
+            * 64)
+  ffn = round(8 * dim / 3 / 64) * 64
+  shapes = {'embed': (vocab, dim), 'head': (dim, vocab), 'final_norm': (dim,)}
+  for i in range(layers):
+    for name in ('q', 'k', 'v', 'o'):
+      shapes[f'layer{i:02d}/attn_{name}'] = (dim, dim)
+    shapes[f'layer{i:02d}/mlp_gate'] = (dim, ffn)
+    shapes[f'layer{i:02d}/mlp_up'] = (dim, ffn)
+    shapes[f'layer{i:02d}/mlp_down'] = (ffn, dim)
+    shapes[f'layer{i:02d}/attn_norm'] = (dim,)
+    shapes[f'layer{i:02d}/mlp_norm'] = (dim,)
+  return shapes
+
+
+TREES = {'matrix': matrix_tree, 'llama': llama_tree}
+
+
+def optimizers(lr: float, interval: int) -> dict[str, tuple[str, Callable]]:
+  """name -> (base name, factory) with SGG re-clustering every ``interval``."""
+  kw = dict(recluster_interval=interval)
+  return {
+      'adam': ('adam', lambda: optax.adam(lr)),
+      'adam+sgg': ('adam', lambda: optax.chain(
+          optax.scale_by_adam(), sgg_optax.sgg(**kw),
+          optax.scale_by_learning_rate(lr))),
+      'adam+sgg (dynamic ids)': ('adam', lambda: optax.chain(
+          optax.scale_by_adam(), sgg_optax.sgg(assignment='dynamic', **kw),
+          optax.scale_by_learning_rate(lr))),
+      'adam+sgg (momentum form)': ('adam', lambda: optax.chain(
+          sgg_optax.with_sgg(optax.scale_by_adam(), **kw),
+          optax.scale_by_learning_rate(lr))),
+      'adafactor': ('adafactor', lambda: optax.adafactor(lr)),
+      'adafactor+sgg': ('adafactor', lambda: sgg_optax.adafactor_sgg(lr, **kw)),
+  }
+
+
+class Step:
+  """A compiled, donated train step and its current buffers."""
+
+  def __init__(self, tx: optax.GradientTransformation, params, grads):
+    def step(params, state, grads):
+      updates, state = tx.update(grads, state, params)
+      return optax.apply_updates(params, updates), state
+
+    self.params = jax.tree.map(jnp.copy, params)
+    self.state = tx.init(self.params)
+    self.grads = grads
+    start = time.perf_counter()
+    lowered = jax.jit(step, donate_argnums=(0, 1)).lower(
+        self.params, self.state, grads)
+    self.compiled = lowered.compile()
+    self.compile_s = time.perf_counter() - start
+    mem = self.compiled.memory_analysis()
+    self.memory = None if mem is None else {
+        k: int(getattr(mem, k)) for k in (
+            'argument_size_in_bytes', 'output_size_in_bytes',
+            'temp_size_in_bytes', 'alias_size_in_bytes',
+            'generated_code_size_in_bytes') if hasattr(mem, k)}
+
+  def __call__(self) -> float:
+    start = time.perf_counter()
+    self.params, self.state = self.compiled(self.params, self.state,
+                                            self.grads)
+    jax.block_until_ready(self.params)
+    return time.perf_counter() - start
+
+
+def _state_bytes(state) -> int:
+  return sum(x.nbytes for x in jax.tree.leaves(state))
+
+
+def _grouped_size(params) -> int:
+  return sum(p.size for p in jax.tree.leaves(params) if p.ndim >= 2)
+
+
+def bench_tree(name: str, shapes: dict, args) -> dict:
+  """All optimizers on one parameter tree."""
+  rng = np.random.default_rng(0)
+  params = {k: jnp.asarray(rng.normal(size=s), jnp.float32)
+            for k, s in shapes.items()}
+  grads = {k: jnp.asarray(rng.standard_t(3, size=s) * 1e-2, jnp.float32)
+           for k, s in shapes.items()}
+  size = sum(p.size for p in params.values())
+  plain = optimizers(args.lr, NEVER)
+  refresh = optimizers(args.lr, 1)
+  steps = {}
+  for opt in tqdm(plain, desc=f'{name}: compile', leave=False):
+    steps[(opt, 'plain')] = Step(plain[opt][1](), params, grads)
+    if opt != plain[opt][0]:
+      steps[(opt, 'refresh')] = Step(refresh[opt][1](), params, grads)
+  for _ in range(args.warmup):
+    for step in steps.values():
+      step()
+  times = {key: [] for key in steps}
+  for _ in tqdm(range(args.repeats), desc=f'{name}: rounds', leave=False):
+    for key, step in steps.items():
+      times[key].append(step())
+  rows = []
+  for opt, (base, _) in plain.items():
+    base_t = np.array(times[(base, 'plain')])
+    t = np.array(times[(opt, 'plain')])
+    row = {
+        'optimizer': opt, 'base': base,
+        'step_ms': 1e3 * float(np.median(t)),
+        'plain_ratio': float(np.median(t / base_t)),
+        'plain_ratio_min': float(np.min(t / base_t)),
+        'compile_s': steps[(opt, 'plain')].compile_s,
+        'compile_ratio': (steps[(opt, 'plain')].compile_s
+                          / steps[(base, 'plain')].compile_s),
+        'memory': steps[(opt, 'plain')].memory,
+        'state_bytes': _state_bytes(steps[(opt, 'plain')].state),
+    }
+    extra = row['state_bytes'] - _state_bytes(steps[(base, 'plain')].state)
+    row['extra_state_bytes_per_grouped_param'] = extra / _grouped_size(params)
+    if (opt, 'refresh') in steps:
+      r = np.array(times[(opt, 'refresh')]) / base_t
+      row['refresh_ratio'] = float(np.median(r))
+      row['refresh_ratio_min'] = float(np.min(r))
+      T = args.recluster_interval
+      row['amortised_ratio'] = ((T - 1) * row['plain_ratio']
+                                + row['refresh_ratio']) / T
+    rows.append(row)
+  return {'tree': name, 'params': int(size), 'leaves': len(shapes),
+          'rows': rows}
+
+
+def markdown(results: dict) -> str:
+  """The results as Markdown tables, one per tree."""
+  out = [f"Device: {results['device']}; {results['date']}; "
+         f"{results['repeats']} interleaved rounds, medians of per-round "
+         f"ratios to the base (min in brackets); amortised at "
+         f"T={results['recluster_interval']}.", '']
+  for tree in results['trees']:
+    out.append(f"**{tree['tree']}** tree: {tree['params'] / 1e6:.1f}M "
+               f"parameters, {tree['leaves']} leaves")
+    out.append('')
+    out.append('| optimizer | step (ms) | plain step | refresh step | '
+               f'amortised | compile | extra state (B/param) |')
+    out.append('|---|---|---|---|---|---|---|')
+    for r in tree['rows']:
+      if r['optimizer'] == r['base']:
+        out.append(f"| {r['optimizer']} | {r['step_ms']:.2f} | 1 | | | "
+                   f"{r['compile_s']:.2f} s | |")
+        continue
+      out.append(
+          f"| {r['optimizer']} | {r['step_ms']:.2f} | "
+          f"{r['plain_ratio']:.3f} ({r['plain_ratio_min']:.3f}) | "
+          f"{r['refresh_ratio']:.2f} ({r['refresh_ratio_min']:.2f}) | "
+          f"{r['amortised_ratio']:.3f} | {r['compile_ratio']:.2f}x | "
+          f"{r['extra_state_bytes_per_grouped_param']:.3f} |")
+    out.append('')
+  return '\n'.join(out)
+
+
+def main(argv=None) -> None:
+  parser = argparse.ArgumentParser(
+      description=__doc__.splitlines()[0],
+      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+  parser.add_argument('--trees', nargs='+', default=list(TREES),
+                      choices=list(TREES))
+  parser.add_argument('--size', type=int, default=16_000_000,
+                      help='parameters per tree')
+  parser.add_argument('--repeats', type=int, default=30,
+                      help='interleaved timing rounds')
+  parser.add_argument('--warmup', type=int, default=3)
+  parser.add_argument('--recluster-interval', type=int, default=500,
+                      help='T used for the amortised ratio')
+  parser.add_argument('--lr', type=float, default=1e-3)
+  parser.add_argument('--pin-core', type=int, default=None,
+                      help='pin this process to one CPU core (CPU runs)')
+  parser.add_argument('--out', default='runs/bench_step',
+                      help='directory for results.json and results.md')
+  parser.add_argument('--smoke', action='store_true',
+                      help='tiny trees and few rounds (CI)')
+  args = parser.parse_args(argv)
+  if args.smoke:
+    args.size, args.repeats, args.warmup = 50_000, 2, 1
+  if args.pin_core is not None:
+    os.sched_setaffinity(0, {args.pin_core})
+  device = jax.devices()[0]
+  results = {
+      'device': f'{device.platform}: {device.device_kind} '
+                f'({platform.processor() or platform.machine()}, '
+                f'{len(os.sched_getaffinity(0))} cores usable)',
+      'date': datetime.date.today().isoformat(),
+      'jax': jax.__version__, 'optax': optax.__version__,
+      'repeats': args.repeats, 'recluster_interval': args.recluster_interval,
+      'trees': [bench_tree(t, TREES[t](args.size), args) for t in args.trees],
+  }
+  out = Path(args.out)
+  out.mkdir(parents=True, exist_ok=True)
+  (out / 'results.json').write_text(json.dumps(results, indent=1))
+  table = markdown(results)
+  (out / 'results.md').write_text(table + '\n')
+  print(table)
+
+
+if __name__ == '__main__':
+  main()
