@@ -75,19 +75,22 @@ TREES = {'matrix': matrix_tree, 'llama': llama_tree}
 def optimizers(lr: float, interval: int) -> dict[str, tuple[str, Callable]]:
   """name -> (base name, factory) with SGG re-clustering every ``interval``."""
   kw = dict(recluster_interval=interval)
+  with_lr = lambda tx: optax.chain(tx, optax.scale_by_learning_rate(lr))
   return {
       'adam': ('adam', lambda: optax.adam(lr)),
-      'adam+sgg': ('adam', lambda: optax.chain(
+      'adam+sgg (chain link)': ('adam', lambda: optax.chain(
           optax.scale_by_adam(), sgg_optax.sgg(**kw),
           optax.scale_by_learning_rate(lr))),
-      'adam+sgg (dynamic ids)': ('adam', lambda: optax.chain(
+      'adam+sgg (chain link, dynamic ids)': ('adam', lambda: optax.chain(
           optax.scale_by_adam(), sgg_optax.sgg(assignment='dynamic', **kw),
           optax.scale_by_learning_rate(lr))),
-      'adam+sgg (momentum form)': ('adam', lambda: optax.chain(
-          sgg_optax.with_sgg(optax.scale_by_adam(), **kw),
-          optax.scale_by_learning_rate(lr))),
+      'adam+sgg (with_sgg, momentum)': ('adam', lambda: with_lr(
+          sgg_optax.with_sgg(optax.scale_by_adam(), **kw))),
+      'adam+sgg (with_sgg, update)': ('adam', lambda: with_lr(
+          sgg_optax.with_sgg(optax.scale_by_adam(), moment=None, **kw))),
       'adafactor': ('adafactor', lambda: optax.adafactor(lr)),
-      'adafactor+sgg': ('adafactor', lambda: sgg_optax.adafactor_sgg(lr, **kw)),
+      'adafactor+sgg (chain link)': ('adafactor', lambda: (
+          sgg_optax.adafactor_sgg(lr, **kw))),
   }
 
 

@@ -14,6 +14,11 @@ from sgg_optax._src.diagnostics import (
     find_sgg_states,
     group_names,
 )
+from sgg_optax._src.sharding import (
+    ids_to_device,
+    state_partition_specs,
+    state_shardings,
+)
 from sgg_optax._src.transform import SGGState, SGGWrapperState, sgg, with_sgg
 
 __version__ = '0.1.0'
@@ -27,7 +32,10 @@ __all__ = (
     'cluster_summary',
     'find_sgg_states',
     'group_names',
+    'ids_to_device',
     'lamb_sgg',
     'sgg',
+    'state_partition_specs',
+    'state_shardings',
     'with_sgg',
 )

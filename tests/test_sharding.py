@@ -417,10 +417,6 @@ def test_refresh_collectives_move_only_the_sample(mode):
     assert c['numel'] <= bound, c
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    'core: the strided-slice sample of a 3-D parameter sharded on its '
-    'leading axis makes XLA collective-permute half of every shard each '
-    'step (.notes/core_issues.md, issue 1)'))
 @MODES
 def test_sample_collectives_for_a_3d_param_sharded_on_its_leading_axis(
     mode):

@@ -102,6 +102,26 @@ def test_paper_form_clusters_the_first_moment():
       u['w'], ref.scaled(base_u['w'], ids[0], ref_scales[0]), rtol=1e-6)
 
 
+def test_update_statistic_wrapper_equals_chain():
+  shapes = {'w': (20, 12), 'b': (12,)}
+  chain = optax.chain(optax.scale_by_adam(),
+                      sgg_optax.sgg(recluster_interval=2, beta3=0.5))
+  wrap = sgg_optax.with_sgg(optax.scale_by_adam(), recluster_interval=2,
+                            beta3=0.5, moment=None)
+  params = _tree(0, shapes)
+  sc, sw = chain.init(params), wrap.init(params)
+  cstep, wstep = jax.jit(chain.update), jax.jit(wrap.update)
+  for t in range(1, 6):
+    g = _tree(t, shapes)
+    uc, sc = cstep(g, sc, params)
+    uw, sw = wstep(g, sw, params)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6),
+                 uc, uw)
+  np.testing.assert_array_equal(sc[1].ids['w'], sw.sgg_state.ids['w'])
+  np.testing.assert_allclose(sc[1].scales, sw.sgg_state.scales, rtol=1e-6)
+  assert not np.all(np.asarray(sw.sgg_state.scales) == 1.0)
+
+
 def test_moment_name_must_exist():
   tx = sgg_optax.with_sgg(optax.scale_by_rms(), recluster_interval=1)
   params = {'w': jnp.ones((4, 4))}

@@ -5,15 +5,18 @@ from typing import Any
 import jax.numpy as jnp
 import optax
 
-from sgg_optax._src.transform import MaskOrFn, sgg, with_sgg
+from sgg_optax._src.transform import MaskOrFn, with_sgg
 
 
 def _scaled(base: optax.GradientTransformation, cluster_momentum: bool,
             sgg_kwargs: dict[str, Any]) -> optax.GradientTransformation:
-  """``base`` followed by SGG, or wrapped by it when clustering momentum."""
-  if cluster_momentum:
-    return with_sgg(base, **sgg_kwargs)
-  return optax.chain(base, sgg(**sgg_kwargs))
+  """``base`` wrapped by SGG, clustering its first moment or its update.
+
+  Both use :func:`with_sgg`: clustering the update there gives the same
+  result as ``chain(base, sgg())`` without its per-step cost.
+  """
+  return with_sgg(base, moment='mu' if cluster_momentum else None,
+                  **sgg_kwargs)
 
 
 def adamw_sgg(
@@ -34,9 +37,9 @@ def adamw_sgg(
 ) -> optax.GradientTransformationExtraArgs:
   r"""AdamW with SGG scaling of its adaptive step.
 
-  ``chain(scale_by_adam, sgg, add_decayed_weights, scale_by_learning_rate)``:
-  the decoupled weight decay is added after SGG, so it is not scaled by
-  cluster.
+  ``chain(scale_by_adam, sgg, add_decayed_weights, scale_by_learning_rate)``
+  (SGG wraps Adam, see :func:`with_sgg`): the decoupled weight decay is added
+  after SGG, so it is not scaled by cluster.
 
   Args:
     learning_rate: a scalar or schedule.
@@ -48,8 +51,8 @@ def adamw_sgg(
     num_clusters: SGG's ``K``.
     recluster_interval: SGG's ``T``.
     beta3: SGG's scale EMA decay.
-    cluster_momentum: cluster Adam's first moment (:func:`with_sgg`, the
-      paper) instead of the update (:func:`sgg`).
+    cluster_momentum: cluster Adam's first moment (the paper) instead of
+      its update (the statistic of :func:`sgg`).
     mu_dtype: dtype of Adam's first moment.
     weight_decay_mask: mask of the weight decay, as in
       :func:`optax.adamw`.
@@ -196,11 +199,12 @@ def adafactor_sgg(
     Li et al., `Taming LLMs by Scaling Learning Rates with Gradient Grouping
     <https://arxiv.org/abs/2506.01049>`_, ACL 2025.
   """
-  tx = [optax.scale_by_factored_rms(factored, decay_rate, decay_offset,
-                                    min_dim_size_to_factor, eps)]
+  base = [optax.scale_by_factored_rms(factored, decay_rate, decay_offset,
+                                      min_dim_size_to_factor, eps)]
   if clipping_threshold is not None:
-    tx.append(optax.clip_by_block_rms(clipping_threshold))
-  tx.append(sgg(num_clusters, recluster_interval, beta3, **sgg_kwargs))
+    base.append(optax.clip_by_block_rms(clipping_threshold))
+  tx = [with_sgg(optax.chain(*base), num_clusters, recluster_interval, beta3,
+                 moment=None, **sgg_kwargs)]
   if learning_rate is not None:
     tx.append(optax.scale_by_learning_rate(learning_rate, flip_sign=False))
   if multiply_by_parameter_scale:

@@ -7,7 +7,9 @@ chain form the statistic is the freshly computed update, which a
 refresh reads a small fixed sample of each layer instead:
 
 * each layer contributes at most ``sample_size`` values taken on a regular
-  grid (strided slices, so each device reads only its own shard);
+  grid, read with one gather whose indices are replicated, so under SPMD
+  each device reads only the positions it holds and a sample-sized
+  all-reduce assembles the result, whatever the parameter's sharding;
 * the grid keeps runs of 16 consecutive elements (one cache line of float32)
   when the last axis allows it, so the per-step cost of reading the sample is
   about ``sample_size / layer size`` of the update, not 16 times that;
@@ -105,16 +107,33 @@ def leaf_layout(shape: Sequence[int], stacked: bool, sample_size: int,
 
 
 def sample_leaf(x: jax.Array, layout: LeafLayout) -> jax.Array:
-  """The ``(rows, count)`` float32 sample of one parameter-shaped array."""
-  x = x.astype(jnp.float32).reshape((layout.rows,) + layout.view)
-  index = (slice(None),) + tuple(slice(None, None, s) for s in layout.strides)
-  return x[index].reshape(layout.rows, layout.count)
+  """The ``(rows, count)`` float32 sample of one parameter-shaped array.
+
+  The sampled positions form a regular grid over ``(rows,) + layout.view``;
+  they are read with one gather on the array as it is (no reshape, no
+  strided slice), so under SPMD each device reads the positions it holds
+  and an all-reduce of the ``(rows, count)`` result assembles the sample,
+  whatever the parameter's sharding. (Strided slices of a sharded axis make
+  XLA re-shard the operand when the stride does not match the shards.)
+  """
+  chunked = len(layout.view) > len(layout.strides)
+  axes = [jnp.arange(layout.rows)]
+  axes += [jnp.arange(0, n, s) for n, s in zip(layout.view, layout.strides)]
+  if chunked:
+    axes.append(jnp.arange(layout.view[-1]))
+  grid = jnp.meshgrid(*axes, indexing='ij', sparse=True)
+  if chunked:  # (chunk, offset) -> index on the parameter's last axis
+    grid = grid[:-2] + [grid[-2] * layout.view[-1] + grid[-1]]
+  if not layout.stacked:
+    grid = grid[1:]
+  out = x[tuple(grid)].astype(jnp.float32)
+  return out.reshape(layout.rows, layout.count)
 
 
 def _replicated(fn):
   """Runs ``fn`` so that its output is replicated on the current mesh.
 
-  Under an explicit-axes mesh the strided slices of a sharded axis are not
+  Under an explicit-axes mesh a gather from a sharded axis is not
   expressible in sharding types, so the sampling runs in auto mode and XLA
   moves only the sampled values. Without a mesh this is ``fn`` itself.
   """
