@@ -143,6 +143,9 @@ def bench_tree(name: str, shapes: dict, args) -> dict:
   size = sum(p.size for p in params.values())
   plain = optimizers(args.lr, NEVER)
   refresh = optimizers(args.lr, 1)
+  if args.optimizers:
+    keep = set(args.optimizers) | {plain[o][0] for o in args.optimizers}
+    plain = {k: v for k, v in plain.items() if k in keep}
   steps = {}
   for opt in tqdm(plain, desc=f'{name}: compile', leave=False):
     steps[(opt, 'plain')] = Step(plain[opt][1](), params, grads)
@@ -225,6 +228,9 @@ def main(argv=None) -> None:
   parser.add_argument('--warmup', type=int, default=3)
   parser.add_argument('--recluster-interval', type=int, default=500,
                       help='T used for the amortised ratio')
+  parser.add_argument('--optimizers', nargs='+', default=None,
+                      help='subset of optimizers to time (their bases are '
+                      'added); default all')
   parser.add_argument('--lr', type=float, default=1e-3)
   parser.add_argument('--pin-core', type=int, default=None,
                       help='pin this process to one CPU core (CPU runs)')

@@ -31,7 +31,7 @@ def _value(key: jax.Array) -> jax.Array:
 
 def _bisect(key: jax.Array, live: jax.Array,
             weight_below: Callable[[jax.Array], jax.Array],
-            target: jax.Array, strict: bool) -> jax.Array:
+            target: jax.Array, strict: jax.Array | bool) -> jax.Array:
   """Smallest key per ``(row, column)`` whose weight below reaches target.
 
   Args:
@@ -40,7 +40,7 @@ def _bisect(key: jax.Array, live: jax.Array,
     weight_below: maps candidate keys ``(R, C)`` to the weight of the entries
       at or below them, ``(R, C)``.
     target: ``(R, C)`` weights to reach.
-    strict: exceed the target instead of reaching it.
+    strict: exceed the target instead of reaching it (per column, or all).
 
   Returns:
     ``(R, C)`` float32 values, NaN where the target is never reached.
@@ -53,7 +53,7 @@ def _bisect(key: jax.Array, live: jax.Array,
 
   def reaches(mid):
     below = weight_below(mid)
-    return below > target if strict else below >= target
+    return jnp.where(strict, below > target, below >= target)
 
   def step(_, bounds):
     lo, hi = bounds
@@ -67,7 +67,7 @@ def _bisect(key: jax.Array, live: jax.Array,
 
 
 def quantiles(x: jax.Array, weights: jax.Array, target: jax.Array,
-              strict: bool = False) -> jax.Array:
+              strict: jax.Array | bool = False) -> jax.Array:
   r"""Order statistics of each row: smallest values reaching the targets.
 
   .. math::
@@ -81,7 +81,8 @@ def quantiles(x: jax.Array, weights: jax.Array, target: jax.Array,
     x: ``(R, S)`` finite values.
     weights: ``(R, S)`` non-negative weights (0 excludes a value).
     target: ``(R, C)`` cumulative weights to reach.
-    strict: require the cumulative weight to exceed the target.
+    strict: require the cumulative weight to exceed the target (per column,
+      or for all).
 
   Returns:
     ``(R, C)`` float32 values; NaN where no value reaches the target.
@@ -103,9 +104,10 @@ def median(x: jax.Array, weights: jax.Array) -> jax.Array:
   averaged when the cumulative weight hits one half exactly.
   """
   half = 0.5 * jnp.sum(weights, -1, keepdims=True)
-  lower = quantiles(x, weights, half)
-  upper = quantiles(x, weights, half, strict=True)
-  return (0.5 * (lower + jnp.where(jnp.isnan(upper), lower, upper)))[:, 0]
+  lower, upper = jnp.moveaxis(quantiles(
+      x, weights, jnp.concatenate([half, half], -1),
+      jnp.array([False, True])), -1, 0)
+  return 0.5 * (lower + jnp.where(jnp.isnan(upper), lower, upper))
 
 
 def cluster_medians(x: jax.Array, ids: jax.Array, valid: jax.Array,
@@ -122,13 +124,17 @@ def cluster_medians(x: jax.Array, ids: jax.Array, valid: jax.Array,
     ``(G, K)`` exact medians, as ``np.median`` of each cluster's values.
   """
   key = _key(x)
-  member = [valid & (ids == k) for k in range(num_clusters)]
-  count = jnp.stack([jnp.sum(m, -1) for m in member], -1).astype(jnp.float32)
+  member = [valid & (ids == k) for k in range(num_clusters)] * 2
+  count = jnp.stack([jnp.sum(m, -1) for m in member[:num_clusters]], -1
+                    ).astype(jnp.float32)
 
-  def weight_below(mid):
-    return jnp.stack([jnp.sum(m & (key <= mid[:, k, None]), -1)
-                      for k, m in enumerate(member)], -1).astype(jnp.float32)
+  def weight_below(mid):  # columns: K lower middles, then K upper middles
+    return jnp.stack([jnp.sum(m & (key <= mid[:, c, None]), -1)
+                      for c, m in enumerate(member)], -1).astype(jnp.float32)
 
-  lower = _bisect(key, valid, weight_below, jnp.floor((count + 1) / 2), False)
-  upper = _bisect(key, valid, weight_below, jnp.floor(count / 2), True)
+  target = jnp.concatenate([jnp.floor((count + 1) / 2), jnp.floor(count / 2)],
+                           -1)
+  strict = jnp.arange(2 * num_clusters) >= num_clusters
+  both = _bisect(key, valid, weight_below, target, strict)
+  lower, upper = both[:, :num_clusters], both[:, num_clusters:]
   return jnp.where(count > 0, 0.5 * (lower + upper), jnp.nan)

@@ -121,7 +121,7 @@ def sample_leaf(x: jax.Array, layout: LeafLayout) -> jax.Array:
   axes += [jnp.arange(0, n, s) for n, s in zip(layout.view, layout.strides)]
   if chunked:
     axes.append(jnp.arange(layout.view[-1]))
-  grid = jnp.meshgrid(*axes, indexing='ij', sparse=True)
+  grid = list(jnp.meshgrid(*axes, indexing='ij', sparse=True))
   if chunked:  # (chunk, offset) -> index on the parameter's last axis
     grid = grid[:-2] + [grid[-2] * layout.view[-1] + grid[-1]]
   if not layout.stacked:
