@@ -153,9 +153,13 @@ def plot_heatmaps(grid: Mapping[str, Any], path: str | pathlib.Path,
                    vmax=vmax, aspect='auto')
     for i in range(len(bss)):
       for j in range(len(lrs)):
-        text = 'div' if not math.isfinite(val[i, j]) else f'{val[i, j]:.2f}'
+        v = val[i, j]
+        text = 'div' if not math.isfinite(v) else f'{v:.2f}'
+        # Dark text on the light (low-loss, yellow) end of the colour map.
+        light = not math.isfinite(v) or (
+          vmax > vmin and (v - vmin) / (vmax - vmin) < 0.5)
         ax.text(j, i, text, ha='center', va='center', fontsize=8,
-                color='black' if not math.isfinite(val[i, j]) else 'white')
+                color='black' if light else 'white')
     ax.set_xticks(range(len(lrs)), [f'{lr:g}' for lr in lrs], rotation=45)
     ax.set_yticks(range(len(bss)), [str(b) for b in bss])
     ax.set(xlabel='peak learning rate', ylabel='batch size',

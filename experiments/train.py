@@ -610,7 +610,7 @@ class _Checkpointer:
     self.every = every
     self.manager = ocp.CheckpointManager(
       pathlib.Path(directory).resolve(),
-      options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True))
+      options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
 
   def restore(self, model: Any, opt: Any) -> tuple[int, dict[str, Any]] | None:
     step = self.manager.latest_step()
