@@ -17,8 +17,8 @@
 #
 # Every run's full results go to <out>/runs/<tag>.json; a rerun reuses the
 # runs already there (delete them or pass --fresh), so a long sweep resumes.
-# Experiment 2 (LoRA pre-training) waits for experiments/lora.py (see
-# train.py's --lora-rank hook).
+# Experiment 2 (LoRA pre-training) is `compare` with `--lora-rank R`: LoRA
+# adapters (experiments/lora.py) on frozen random attention/MLP kernels.
 
 from __future__ import annotations
 
@@ -434,7 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
                       default=True, help='progress bars')
   train_lib.add_config_args(parser, DEFAULTS,
                             skip=('optimizer', 'lr', 'seed', 'ckpt_dir',
-                                  'ckpt_every', 'lora_rank'))
+                                  'ckpt_every'))
   train_lib.add_distributed_args(parser)
   return parser
 

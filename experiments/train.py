@@ -113,8 +113,9 @@ class TrainConfig:
     ckpt_every: checkpoint period in steps (0: only at the end).
     data_dir: directory of pre-tokenized `<name>-{train,validation}.npy`
       streams, read instead of (and written after) tokenizing.
-    lora_rank: LoRA pre-training rank (0: full-rank); needs
-      experiments/lora.py.
+    lora_rank: LoRA pre-training rank (0: full-rank): adapters on every
+      attention/MLP kernel, which stay frozen at their random init; the
+      adapters, embeddings, head and norms train.
   """
 
   preset: str = 'tiny'
@@ -472,14 +473,33 @@ def _constrain(obj: Any) -> None:
   nnx.update(obj, nnx.from_flat_state(flat))
 
 
-@functools.partial(nnx.jit, static_argnums=(0, 1, 2))
+# Trained with LoRA pre-training: every parameter except the frozen base
+# kernels of the adapted layers (the adapters, embeddings, head and norms),
+# as ReLoRA/GaLore's LoRA baseline trains the non-adapted parameters.
+LORA_TRAINABLE = nnx.All(nnx.Param, nnx.Not(nnx.PathContains('base')))
+
+
+@functools.partial(nnx.jit, static_argnums=(0, 1, 2, 4))
 def _create(config: model_lib.LlamaConfig, tx: optax.GradientTransformation,
-            rules: model_lib.LogicalRules, seed: jax.Array
+            rules: model_lib.LogicalRules, seed: jax.Array, lora_rank: int = 0
             ) -> tuple[model_lib.Llama, nnx.Optimizer]:
-  """Model and optimizer, created sharded inside one jit (multi-host safe)."""
+  """Model and optimizer, created sharded inside one jit (multi-host safe).
+
+  With `lora_rank`, the target linear layers get LoRA adapters
+  (experiments/lora.py, alpha = 2 x rank) on their frozen random kernels.
+  """
+  key = jax.random.key(seed)
   with nnx.logical_axis_rules(rules):
-    model = model_lib.Llama(config, rngs=nnx.Rngs(jax.random.key(seed)))
-    opt = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    model = model_lib.Llama(config, rngs=nnx.Rngs(key))
+    wrt = nnx.Param
+    if lora_rank:
+      from experiments import lora as lora_lib
+
+      lora_lib.apply_lora(
+        model, lora_lib.LoRAConfig(rank=lora_rank, alpha=2.0 * lora_rank),
+        rngs=nnx.Rngs(params=jax.random.fold_in(key, 1)))
+      wrt = LORA_TRAINABLE
+    opt = nnx.Optimizer(model, tx, wrt=wrt)
     _constrain(model)
     _constrain(opt)
   return model, opt
@@ -488,7 +508,9 @@ def _create(config: model_lib.LlamaConfig, tx: optax.GradientTransformation,
 @nnx.jit
 def _train_step(model: model_lib.Llama, opt: nnx.Optimizer,
                 batch: jax.Array) -> tuple[jax.Array, jax.Array]:
-  loss, grads = nnx.value_and_grad(model_lib.loss_fn)(model, batch)
+  grad_fn = nnx.value_and_grad(model_lib.loss_fn,
+                               argnums=nnx.DiffState(0, opt.wrt))
+  loss, grads = grad_fn(model, batch)
   opt.update(model, grads)
   return loss, optax.tree.norm(grads)
 
@@ -496,14 +518,6 @@ def _train_step(model: model_lib.Llama, opt: nnx.Optimizer,
 @nnx.jit
 def _eval_step(model: model_lib.Llama, batch: jax.Array) -> jax.Array:
   return model_lib.loss_fn(model, batch)
-
-
-def _apply_lora(model: model_lib.Llama, rank: int) -> None:
-  """Hook for LoRA pre-training (experiment 2), wired to experiments/lora.py."""
-  del model
-  raise NotImplementedError(
-    f'--lora-rank {rank}: LoRA pre-training needs experiments/lora.py, which '
-    'is not wired into train.py yet.')
 
 
 # ------------------------------------------------------------------------------
@@ -689,12 +703,12 @@ def train(cfg: TrainConfig, *, out: str | os.PathLike[str] | None = None,
     cfg.recluster_interval if cfg.optimizer in SGG_OPTIMIZERS else 0)
 
   with jax.set_mesh(mesh):
-    model, opt = _create(mcfg, tx, rules, jnp.int32(cfg.seed))
-    if cfg.lora_rank:
-      _apply_lora(model, cfg.lora_rank)
+    model, opt = _create(mcfg, tx, rules, jnp.int32(cfg.seed), cfg.lora_rank)
     set_peak_lr(opt, cfg.lr)
     n_params = sum(int(np.prod(x.shape)) for x in
                    jax.tree.leaves(nnx.state(model, nnx.Param)))
+    n_trainable = sum(int(np.prod(x.shape)) for x in
+                      jax.tree.leaves(nnx.state(model, opt.wrt)))
 
     eval_bs = cfg.eval_batch_size or cfg.batch_size
     available = data_lib.num_eval_batches(len(val_tokens), batch_size=eval_bs,
@@ -806,7 +820,7 @@ def train(cfg: TrainConfig, *, out: str | os.PathLike[str] | None = None,
     'model': {**{k: (jnp.dtype(v).name if k in ('dtype', 'param_dtype')
                      else v)
                  for k, v in dataclasses.asdict(mcfg).items()},
-              'n_params': n_params},
+              'n_params': n_params, 'n_trainable': n_trainable},
     'git_commit': git_commit(),
     'sgg_optax_source_sha256': SGG_OPTAX_SOURCE,
     'device': device_info(),
