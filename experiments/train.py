@@ -745,7 +745,7 @@ def train(cfg: TrainConfig, *, out: str | os.PathLike[str] | None = None,
     diverged, reason = False, ''
     val_ppl = float('nan')
     t_loop, t_first = time.time(), None
-    steps_timed, t_timed = 0, 0.0
+    steps_timed, t_timed, t_other = 0, 0.0, 0.0  # t_other: eval, logging
 
     def flush() -> bool:
       nonlocal first_loss, diverged, reason
@@ -785,20 +785,31 @@ def train(cfg: TrainConfig, *, out: str | os.PathLike[str] | None = None,
         t_first = time.time() - t0  # compile + first step
       else:
         steps_timed += 1
-        t_timed = time.time() - t_loop - t_first
-      if diag_every and (done % diag_every == 0 or done == cfg.steps):
-        diag, names = sgg_diagnostics(opt, done)
-        curves['sgg'].append(diag)
-        curves['sgg_names'] = names
-      if cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.steps:
-        val_ppl = _ppl(evaluate(done))
+        t_timed = time.time() - t_loop - t_first - t_other
+      do_diag = diag_every and (done % diag_every == 0 or done == cfg.steps)
+      do_eval = (cfg.eval_every and done % cfg.eval_every == 0
+                 and done < cfg.steps)
+      do_ckpt = ckpt is not None and ckpt.every > 0 and done % ckpt.every == 0
+      if do_diag or do_eval or do_ckpt:
+        # Finish the queued steps first, so that only this work is excluded
+        # from the training throughput.
+        jax.block_until_ready(loss)
+        t1 = time.time()
+        t_timed = t1 - t_loop - t_first - t_other
+        if do_diag:
+          diag, names = sgg_diagnostics(opt, done)
+          curves['sgg'].append(diag)
+          curves['sgg_names'] = names
+        if do_eval:
+          val_ppl = _ppl(evaluate(done))
+        if do_ckpt:
+          ckpt.save(done, model, opt, curves)
+        t_other += time.time() - t1
       bar.update(1)
       if done % cfg.log_every == 0 and curves['train']:
         tps = tokens_per_step * steps_timed / t_timed if t_timed else 0.0
         bar.set_postfix(loss=f'{curves["train"][-1][1]:.3f}',
                         val_ppl=f'{val_ppl:.1f}', tok_s=f'{tps:,.0f}')
-      if ckpt is not None:
-        ckpt.save(done, model, opt, curves)
     else:
       if pending and flush():
         pass
@@ -827,7 +838,7 @@ def train(cfg: TrainConfig, *, out: str | os.PathLike[str] | None = None,
     'mesh': dict(mesh.shape),
     'wall_time_s': wall,
     'first_step_s': t_first,
-    'tokens_per_s': tps,
+    'tokens_per_s': tps,  # training steps only (after the first)
     'tokens_seen': final_step * tokens_per_step,
     'val_tokens': n_eval * eval_bs * cfg.seq_len,
     'steps_done': final_step,
