@@ -25,6 +25,7 @@ SHAPES = {'a': (24, 40), 'b': (16, 8, 4), 'bias': (40,)}
     (2, 'abs', 'layer_mean'),
     (3, 'abs', 'global_mean'),
     (4, 'signed', 'cluster_mdas'),
+    (12, 'abs', 'layer_mean'),  # past the unrolled per-cluster code
 ])
 def test_matches_numpy_reference_over_three_refreshes(k, cluster_stat,
                                                       global_stat):
@@ -153,11 +154,12 @@ def test_dynamic_assignment_reassigns_every_step():
   assert not np.allclose(od['w'], of['w'])
 
 
-def test_stacked_layers_equal_separate_layers():
+@pytest.mark.parametrize('k', [3, 12])
+def test_stacked_layers_equal_separate_layers(k):
   rng = np.random.default_rng(3)
-  stacked_tx = sgg_optax.sgg(recluster_interval=2, beta3=0.5,
+  stacked_tx = sgg_optax.sgg(k, recluster_interval=2, beta3=0.5,
                              stacked_layers={'blocks': True, 'emb': False})
-  split_tx = sgg_optax.sgg(recluster_interval=2, beta3=0.5)
+  split_tx = sgg_optax.sgg(k, recluster_interval=2, beta3=0.5)
   make = lambda: {'blocks': jnp.asarray(rng.standard_t(3, (4, 12, 10)),
                                         jnp.float32),
                   'emb': jnp.asarray(rng.normal(size=(9, 6)), jnp.float32)}
@@ -169,7 +171,7 @@ def test_stacked_layers_equal_separate_layers():
   for u in us:
     o1, s1 = jax.jit(stacked_tx.update)(u, s1)
     o2, s2 = jax.jit(split_tx.update)(split(u), s2)
-  assert s1.scales.shape == (5, 3)
+  assert s1.scales.shape == (5, k)
   # rows: blocks[0..3] then emb (tree order: 'blocks' < 'emb'); split tree
   # order is emb, l0..l3.
   np.testing.assert_allclose(s1.scales, np.asarray(s2.scales)[[1, 2, 3, 4, 0]],

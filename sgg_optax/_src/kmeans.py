@@ -29,6 +29,9 @@ def thresholds(centres: jax.Array) -> jax.Array:
   return 0.5 * (centres[..., :-1] + centres[..., 1:])
 
 
+_UNROLL = 8  # up to this many clusters, per-cluster work is unrolled
+
+
 def assign(x: jax.Array, bounds: Sequence[jax.Array]) -> jax.Array:
   """Cluster ids of ``x`` given boundaries, as ``uint8``.
 
@@ -42,10 +45,20 @@ def assign(x: jax.Array, bounds: Sequence[jax.Array]) -> jax.Array:
   Returns:
     ``uint8`` ids in ``[0, K)`` with the shape of ``x``.
   """
+  if len(bounds) >= _UNROLL:
+    stacked = jnp.stack(jnp.broadcast_arrays(*bounds), -1)
+    return jnp.sum(x[..., None] > stacked, -1, dtype=jnp.uint8)
   ids = jnp.zeros(x.shape, jnp.uint8)
   for bound in bounds:
     ids = ids + (x > bound).astype(jnp.uint8)
   return ids
+
+
+def members(ids: jax.Array, valid: jax.Array, num_clusters: int
+            ) -> jax.Array:
+  """``(G, K, S)`` membership mask of ``(G, S)`` ids (lazily fused)."""
+  ks = jnp.arange(num_clusters, dtype=ids.dtype)[None, :, None]
+  return (ids[:, None, :] == ks) & valid[:, None, :]
 
 
 def assign_rows(x: jax.Array, centres: jax.Array) -> jax.Array:
@@ -57,8 +70,7 @@ def assign_rows(x: jax.Array, centres: jax.Array) -> jax.Array:
 def cluster_counts(ids: jax.Array, valid: jax.Array, num_clusters: int
                    ) -> jax.Array:
   """``(G, K)`` number of valid entries of each row in each cluster."""
-  return jnp.stack([jnp.sum(valid & (ids == k), -1)
-                    for k in range(num_clusters)], -1).astype(jnp.float32)
+  return jnp.sum(members(ids, valid, num_clusters), -1, dtype=jnp.float32)
 
 
 def quantile_init(x: jax.Array, valid: jax.Array, num_clusters: int
@@ -115,9 +127,9 @@ def kmeans_1d(x: jax.Array, valid: jax.Array, centres: jax.Array,
 
   def step(_, c):
     ids = assign_rows(x, c)
-    counts = cluster_counts(ids, valid, num_clusters)
-    sums = jnp.stack([jnp.sum(jnp.where(valid & (ids == k), x, 0.0), -1)
-                      for k in range(num_clusters)], -1)
+    member = members(ids, valid, num_clusters)
+    counts = jnp.sum(member, -1, dtype=jnp.float32)
+    sums = jnp.sum(jnp.where(member, x[:, None, :], 0.0), -1)
     moved = jnp.where(counts > 0, sums / jnp.maximum(counts, 1.0), c)
     return jnp.sort(moved, axis=-1)
 

@@ -124,13 +124,15 @@ def cluster_medians(x: jax.Array, ids: jax.Array, valid: jax.Array,
     ``(G, K)`` exact medians, as ``np.median`` of each cluster's values.
   """
   key = _key(x)
-  member = [valid & (ids == k) for k in range(num_clusters)] * 2
-  count = jnp.stack([jnp.sum(m, -1) for m in member[:num_clusters]], -1
-                    ).astype(jnp.float32)
+  # columns: the K lower middles, then the K upper middles
+  column = jnp.tile(jnp.arange(num_clusters, dtype=ids.dtype), 2)
+  count = jnp.sum((ids[:, None, :] == column[None, :num_clusters, None])
+                  & valid[:, None, :], -1, dtype=jnp.float32)
 
-  def weight_below(mid):  # columns: K lower middles, then K upper middles
-    return jnp.stack([jnp.sum(m & (key <= mid[:, c, None]), -1)
-                      for c, m in enumerate(member)], -1).astype(jnp.float32)
+  def weight_below(mid):
+    member = (ids[:, None, :] == column[None, :, None]) & valid[:, None, :]
+    return jnp.sum(member & (key[:, None, :] <= mid[..., None]), -1,
+                   dtype=jnp.float32)
 
   target = jnp.concatenate([jnp.floor((count + 1) / 2), jnp.floor(count / 2)],
                            -1)

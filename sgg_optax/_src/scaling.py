@@ -5,7 +5,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from sgg_optax._src import quantiles
+from sgg_optax._src import kmeans, quantiles
 
 SCALE_RULES = ('mda', 'reference')
 GLOBAL_STATS = ('layer_mean', 'global_mean', 'cluster_mdas')
@@ -144,9 +144,8 @@ def reference_rule(x: jax.Array, valid: jax.Array, ids: jax.Array,
   num_clusters = old_scales.shape[-1]
   a = jnp.abs(x)
   layer = _masked_mean(a, valid)
-  member = ids[..., None] == jnp.arange(num_clusters, dtype=ids.dtype)
-  means = jnp.stack([_masked_mean(a, member[..., k] & valid)
-                     for k in range(num_clusters)], axis=-1)
+  member = kmeans.members(ids, valid, num_clusters)
+  means = _masked_mean(jnp.broadcast_to(a[:, None, :], member.shape), member)
   means = jnp.where(jnp.isnan(means), layer[:, None], means)
   start = jnp.ones_like(means) if ema_init == 'ones' else means
   prev = jnp.where(first[:, None], start, old_means)

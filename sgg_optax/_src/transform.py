@@ -258,6 +258,12 @@ def _leaf_ids(stat: jax.Array, lay: sampling.LeafLayout, centres: jax.Array,
 def _leaf_scaled(u: jax.Array, ids: jax.Array, lay: sampling.LeafLayout,
                  scales: jax.Array) -> jax.Array:
   """``u * S[ids]`` as a chain of selects (fuses into the update)."""
+  if scales.shape[1] > kmeans._UNROLL:  # pylint: disable=protected-access
+    rows = scales[lay.offset:lay.offset + lay.rows]
+    if lay.rows == 1:
+      return u * jnp.take(rows[0], ids).astype(u.dtype)
+    lookup = jax.vmap(jnp.take)(rows, ids.reshape(lay.rows, -1))
+    return u * lookup.reshape(u.shape).astype(u.dtype)
   table = [_rows(scales[:, k], lay, u.ndim) for k in range(scales.shape[1])]
   scale = table[-1]
   for k in range(len(table) - 2, -1, -1):
