@@ -697,7 +697,7 @@ def summarize(out: pathlib.Path, args: argparse.Namespace) -> dict[str, Any]:
   for task, method, opt in keys:
     group = [r for r in runs if (r['task'], r['method'], r['optimizer'])
              == (task, method, opt)]
-    tune = [r for r in group if r['seed'] == args.tune_seed]
+    tune = [r for r in group if r['seed'] == args.tune_seed] or group
     best = tune[0]
     for r in tune[1:]:
       if _better(task)(r, best):
