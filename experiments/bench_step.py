@@ -86,11 +86,9 @@ def optimizers(lr: float, interval: int) -> dict[str, tuple[str, Callable]]:
           optax.scale_by_learning_rate(lr))),
       'adam+sgg (with_sgg, momentum)': ('adam', lambda: with_lr(
           sgg_optax.with_sgg(optax.scale_by_adam(), **kw))),
-      'adam+sgg (with_sgg, update)': ('adam', lambda: with_lr(
-          sgg_optax.with_sgg(optax.scale_by_adam(), moment=None, **kw))),
       'adafactor': ('adafactor', lambda: optax.adafactor(lr)),
-      'adafactor+sgg (chain link)': ('adafactor', lambda: (
-          sgg_optax.adafactor_sgg(lr, **kw))),
+      'adafactor+sgg': ('adafactor', lambda: sgg_optax.adafactor_sgg(
+          lr, **kw)),
   }
 
 
@@ -198,7 +196,7 @@ def markdown(results: dict) -> str:
                f"parameters, {tree['leaves']} leaves")
     out.append('')
     out.append('| optimizer | step (ms) | plain step | refresh step | '
-               f'amortised | compile | extra state (B/param) |')
+               'amortised | compile | extra state (B/param) |')
     out.append('|---|---|---|---|---|---|---|')
     for r in tree['rows']:
       if r['optimizer'] == r['base']:

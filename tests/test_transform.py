@@ -104,6 +104,7 @@ def test_paper_form_clusters_the_first_moment():
 
 
 def test_update_statistic_wrapper_equals_chain():
+  """``with_sgg(moment=None)`` is ``chain(base, sgg())``."""
   shapes = {'w': (20, 12), 'b': (12,)}
   chain = optax.chain(optax.scale_by_adam(),
                       sgg_optax.sgg(recluster_interval=2, beta3=0.5))

@@ -10,11 +10,7 @@ from sgg_optax._src.transform import MaskOrFn, with_sgg
 
 def _scaled(base: optax.GradientTransformation, cluster_momentum: bool,
             sgg_kwargs: dict[str, Any]) -> optax.GradientTransformation:
-  """``base`` wrapped by SGG, clustering its first moment or its update.
-
-  Both use :func:`with_sgg`: clustering the update there gives the same
-  result as ``chain(base, sgg())`` without its per-step cost.
-  """
+  """``base`` wrapped by SGG, clustering its first moment or its update."""
   return with_sgg(base, moment='mu' if cluster_momentum else None,
                   **sgg_kwargs)
 
@@ -30,7 +26,7 @@ def adamw_sgg(
     num_clusters: int = 3,
     recluster_interval: int = 500,
     beta3: float = 0.99,
-    cluster_momentum: bool = False,
+    cluster_momentum: bool = True,
     mu_dtype: Any = None,
     weight_decay_mask: MaskOrFn = None,
     **sgg_kwargs: Any,
@@ -51,8 +47,9 @@ def adamw_sgg(
     num_clusters: SGG's ``K``.
     recluster_interval: SGG's ``T``.
     beta3: SGG's scale EMA decay.
-    cluster_momentum: cluster Adam's first moment (the paper) instead of
-      its update (the statistic of :func:`sgg`).
+    cluster_momentum: cluster Adam's first moment (the paper, and the
+      fastest form, see :func:`with_sgg`) instead of its update (the
+      statistic of :func:`sgg`).
     mu_dtype: dtype of Adam's first moment.
     weight_decay_mask: mask of the weight decay, as in
       :func:`optax.adamw`.
@@ -92,7 +89,7 @@ def lamb_sgg(
     num_clusters: int = 3,
     recluster_interval: int = 500,
     beta3: float = 0.99,
-    cluster_momentum: bool = False,
+    cluster_momentum: bool = True,
     weight_decay_mask: MaskOrFn = None,
     **sgg_kwargs: Any,
 ) -> optax.GradientTransformationExtraArgs:
@@ -114,8 +111,8 @@ def lamb_sgg(
     num_clusters: SGG's ``K``.
     recluster_interval: SGG's ``T``.
     beta3: SGG's scale EMA decay.
-    cluster_momentum: cluster the first moment (:func:`with_sgg`) instead of
-      the update.
+    cluster_momentum: cluster the first moment (the paper, and the fastest
+      form) instead of the update.
     weight_decay_mask: mask of the weight decay.
     **sgg_kwargs: further options of :func:`sgg`.
 

@@ -87,6 +87,11 @@ def group_names(params: optax.Params, *, mask: Any = None,
   return names
 
 
+def _unwrap(x: Any) -> Any:
+  """The array inside a Flax NNX variable (``nnx.Optimizer`` state)."""
+  return x.get_value() if hasattr(x, 'get_value') else x
+
+
 def find_sgg_states(opt_state: Any) -> list[transform.SGGState]:
   """All :class:`SGGState` nested in an optimizer state, in tree order."""
   found = []
@@ -126,8 +131,8 @@ def cluster_summary(opt_state: Any, names: Sequence[str] | None = None
   if len(states) != 1:
     raise ValueError(f'Expected one SGGState in the optimizer state, found '
                      f'{len(states)}; pass that state itself.')
-  state = jax.tree.map(lambda x: getattr(x, 'value', x), states[0],
-                       is_leaf=lambda x: hasattr(x, 'value'))
+  state = jax.tree.map(_unwrap, states[0],
+                       is_leaf=lambda x: hasattr(x, 'get_value'))
   num_groups = state.scales.shape[0]
   if names is None:
     flat = jax.tree_util.tree_flatten_with_path(

@@ -285,15 +285,12 @@ def _refreshed(samples: jax.Array, stats: list[jax.Array],
 
 
 def _apply(updates: optax.Updates, stat: optax.Updates, state: SGGState,
-           cfg: _Config, refresh: bool | None = None
-           ) -> tuple[optax.Updates, SGGState]:
+           cfg: _Config) -> tuple[optax.Updates, SGGState]:
   """SGG's update: refresh every ``T`` steps, then scale by cluster.
 
-  With ``refresh=None`` the decision is taken on device by a ``lax.cond``
-  on the count whose operands are the small refresh sample (and, with frozen
-  ids, the statistic and the ids, re-assigned only on refresh steps). True or
-  False fixes it at trace time, for a caller that runs the whole step in each
-  branch of its own ``lax.cond``.
+  The refresh is a ``lax.cond`` on the count whose operands are the small
+  refresh sample and, with frozen ids, the statistic and the ids, which are
+  re-assigned only on refresh steps.
   """
   count = optax.safe_increment(state.count)
   layouts = _plan(updates, cfg)
@@ -307,18 +304,12 @@ def _apply(updates: optax.Updates, stat: optax.Updates, state: SGGState,
   frozen = cfg.assignment == 'frozen'
   stat_g = [stats[i] for i in group]
   ids_g = [old_ids[i] for i in group] if frozen else []
-  sample = lambda: sampling.stack_samples(stat_g, lays, cfg.sample_size)
-  if refresh is None:
-    new, ids_g = jax.lax.cond(
-        count % cfg.recluster_interval == 0,
-        lambda x, st, ids: _refreshed(x, st, ids, lays, state, cfg),
-        lambda x, st, ids: (_kept(state), ids),
-        sample(), stat_g if frozen else [], ids_g)
-  elif refresh:
-    new, ids_g = _refreshed(sample(), stat_g if frozen else [], ids_g, lays,
-                            state, cfg)
-  else:
-    new = _kept(state)
+  new, ids_g = jax.lax.cond(
+      count % cfg.recluster_interval == 0,
+      lambda x, st, ids: _refreshed(x, st, ids, lays, state, cfg),
+      lambda x, st, ids: (_kept(state), ids),
+      sampling.stack_samples(stat_g, lays, cfg.sample_size),
+      stat_g if frozen else [], ids_g)
   ids = dict(zip(group, ids_g))
   out, new_ids = list(leaves), list(old_ids)
   for i, lay in zip(group, lays):
@@ -485,21 +476,20 @@ def with_sgg(
   The paper-faithful form of :func:`sgg`: the statistic that is clustered and
   measured is the base optimizer's momentum :math:`m` after this step's
   update (Algorithm 1 of the paper), read from the wrapped state by field
-  name, and the base update is scaled by cluster as in :func:`sgg`. Since the
-  momentum is already a buffer of the state, sampling it costs nothing extra,
-  and this is also the fastest form.
+  name, and the base update is scaled by cluster as in :func:`sgg`.
+
+  It is also the fastest form: the momentum is a buffer of the state, so
+  reading the refresh sample from it costs nothing. Sampling the update
+  instead (:func:`sgg`, or ``moment=None``) makes XLA write the fused update
+  out to memory on every step; on CPU that doubles a plain step's time
+  (``experiments/bench_step.py``).
 
   Args:
     inner: the base transformation, e.g. :func:`optax.scale_by_adam`; its
       state must hold exactly one field named ``moment``.{args}
     moment: name of the state field holding the first moment (``'mu'`` for
       optax's Adam family, ``'trace'`` for :func:`optax.trace`), or None to
-      cluster the base update itself, as :func:`sgg` does. With None the
-      whole base step is computed in each branch of the refresh
-      ``lax.cond``: the same result as ``chain(inner, sgg())`` but without
-      materialising the update on every step (a chain link cannot avoid it,
-      which on CPU roughly doubles a plain step's memory traffic), at the
-      price of compiling the base step twice.
+      cluster the base update itself: then this is ``chain(inner, sgg())``.
 
   Returns:
     An :class:`optax.GradientTransformationExtraArgs` whose state is an
@@ -536,7 +526,7 @@ def with_sgg(
   def init_fn(params):
     return SGGWrapperState(inner.init(params), _init(params, cfg))
 
-  def step(refresh, updates, state, params, extra_args):
+  def update_fn(updates, state, params=None, **extra_args):
     updates, inner_state = inner.update(updates, state.inner_state, params,
                                         **extra_args)
     stat = updates if moment is None else optax.tree.get(inner_state, moment)
@@ -544,20 +534,8 @@ def with_sgg(
       raise ValueError(
           f'The wrapped state has no field {moment!r} to cluster; pass '
           '`moment=` naming its first moment, or moment=None.')
-    updates, sgg_state = _apply(updates, stat, state.sgg_state, cfg, refresh)
+    updates, sgg_state = _apply(updates, stat, state.sgg_state, cfg)
     return updates, SGGWrapperState(inner_state, sgg_state)
-
-  def update_fn(updates, state, params=None, **extra_args):
-    if moment is not None:
-      return step(None, updates, state, params, extra_args)
-    # Clustering the update itself: run the whole step in each branch, so
-    # that a plain step never materialises the update for the refresh.
-    due = optax.safe_increment(state.sgg_state.count) % recluster_interval
-    return jax.lax.cond(
-        due == 0,
-        lambda u, s, p: step(True, u, s, p, extra_args),
-        lambda u, s, p: step(False, u, s, p, extra_args),
-        updates, state, params)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
