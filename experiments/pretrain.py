@@ -417,8 +417,8 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument('--lr-multipliers', default='1,3,10,30',
                       help='robustness: multiples of the tuned Adam LR')
   parser.add_argument('--batch-sizes', default='',
-                      help='robustness: batch sizes at equal tokens '
-                           '(default: B and 4B)')
+                      help='robustness: comma-separated batch sizes at equal '
+                           "tokens; '': B and 4B, B the --batch-size")
   parser.add_argument('--robustness-seeds', type=int, default=1,
                       help='robustness: seeds per cell')
   parser.add_argument('--ablation-seeds', type=int, default=0,

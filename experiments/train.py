@@ -743,7 +743,7 @@ def train(cfg: TrainConfig, *, out: str | os.PathLike[str] | None = None,
     pending: list[tuple[int, jax.Array, jax.Array]] = []
     first_loss = curves['train'][0][1] if curves['train'] else None
     diverged, reason = False, ''
-    val_ppl = float('nan')
+    val_ppl = None  # none until the first evaluation
     t_loop, t_first = time.time(), None
     steps_timed, t_timed, t_other = 0, 0.0, 0.0  # t_other: eval, logging
 
@@ -809,7 +809,8 @@ def train(cfg: TrainConfig, *, out: str | os.PathLike[str] | None = None,
       if done % cfg.log_every == 0 and curves['train']:
         tps = tokens_per_step * steps_timed / t_timed if t_timed else 0.0
         bar.set_postfix(loss=f'{curves["train"][-1][1]:.3f}',
-                        val_ppl=f'{val_ppl:.1f}', tok_s=f'{tps:,.0f}')
+                        val_ppl='-' if val_ppl is None else f'{val_ppl:.1f}',
+                        tok_s=f'{tps:,.0f}')
     else:
       if pending and flush():
         pass
@@ -879,7 +880,7 @@ def add_config_args(parser: argparse.ArgumentParser,
       continue
     flag = '--' + field.name.replace('_', '-')
     default = getattr(defaults, field.name)
-    help_ = docs.get(field.name, '') + f' (default: {default!r})'
+    help_ = docs.get(field.name, '')  # the formatter adds the default
     if isinstance(default, bool):
       parser.add_argument(flag, action=argparse.BooleanOptionalAction,
                           default=default, help=help_)
@@ -934,7 +935,7 @@ def add_distributed_args(parser: argparse.ArgumentParser) -> None:
                      help="this process's index (explicit launch)")
   group.add_argument('--distributed', choices=('auto', 'off'), default='auto',
                      help='auto: initialise on SLURM / Open MPI / multi-host '
-                          'TPU jobs; off: never (default: auto)')
+                          'TPU jobs; off: never')
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
