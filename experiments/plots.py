@@ -146,8 +146,7 @@ def plot_heatmaps(grid: Mapping[str, Any], path: str | pathlib.Path,
   fig, axes = plt.subplots(1, len(opts), figsize=(4.6 * len(opts), 3.8),
                            squeeze=False)
   fig.subplots_adjust(wspace=0.35)
-  cmap = plt.get_cmap('viridis_r').copy()
-  cmap.set_bad('lightgray')
+  cmap = plt.get_cmap('viridis_r').with_extremes(bad='lightgray')
   for ax, name, val in zip(axes[0], opts, values):
     im = ax.imshow(np.ma.masked_invalid(val), cmap=cmap, vmin=vmin,
                    vmax=vmax, aspect='auto')
