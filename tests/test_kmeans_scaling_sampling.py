@@ -27,6 +27,30 @@ def test_kmeans_matches_numpy_lloyd_per_row():
     assert np.all(np.diff(np.asarray(got[g])) >= 0)
 
 
+def test_kmeans_centres_stay_sorted_when_rounding_inverts_means():
+  # Two clusters one float apart: the rounded mean of the lower one can land
+  # above the upper one's. 300 such rows, clustered together.
+  rng = np.random.default_rng(0)
+  rows, width = 300, 400
+  x = np.zeros((rows, width), np.float32)
+  valid = np.zeros((rows, width), bool)
+  start = np.zeros((rows, 2), np.float32)
+  for r in range(rows):
+    t = np.float32(rng.uniform(0.01, 10.0))
+    t_up = np.nextafter(t, np.float32(np.inf))
+    n, m = rng.integers(2, 200, size=2)
+    x[r, :n + m] = np.r_[np.full(n, t), np.full(m, t_up)]
+    valid[r, :n + m] = True
+    start[r] = t, t_up
+  centres = np.asarray(kmeans.kmeans_1d(jnp.asarray(x), jnp.asarray(valid),
+                                        jnp.asarray(start), 1))
+  assert np.all(np.diff(centres, axis=-1) >= 0)
+  lo = np.where(valid, x, np.inf).min(-1)
+  hi = np.where(valid, x, -np.inf).max(-1)
+  np.testing.assert_allclose(centres, np.clip(centres, lo[:, None],
+                                              hi[:, None]), rtol=1e-6)
+
+
 def test_assignment_is_nearest_centre():
   rng = np.random.default_rng(1)
   x = rng.normal(size=1000).astype(np.float32)

@@ -284,3 +284,24 @@ def test_never_poisons_state():
   np.testing.assert_array_equal(state.scales[rows['zero']], 1.0)
   tiny = np.asarray(state.scales[rows['tiny']])
   assert np.sum(tiny != 1.0) <= 4  # K=5 > 4 elements: one cluster is empty
+
+
+def test_overflowing_ratio_keeps_previous_scales():
+  # With an unbounded clamp and eps=0, a cluster of near-zero deviations in a
+  # layer of huge ones gives D / D_c = 2**220: +inf in float32.
+  big, tiny = 2.0**120, 2.0**-100
+  w = np.concatenate([np.full(30, big), np.full(30, -big),
+                      tiny * np.arange(1.0, 5.0)]).reshape(8, 8)
+  updates = {'w': jnp.asarray(w, jnp.float32),
+             'v': jnp.asarray(np.random.default_rng(0).normal(size=(6, 5)),
+                              jnp.float32)}
+  tx = sgg_optax.sgg(3, recluster_interval=1, beta3=0.5,
+                     clamp=(0.1, float('inf')), eps=0.0)
+  state = tx.init(updates)
+  out, state = jax.jit(tx.update)(updates, state)
+  for leaf in jax.tree.leaves((out, state)):
+    assert np.all(np.isfinite(np.asarray(leaf, np.float64)))
+  rows = {n: i for i, n in enumerate(sgg_optax.group_names(updates))}
+  np.testing.assert_array_equal(state.scales[rows['w']], 1.0)  # kept
+  np.testing.assert_array_equal(out['w'], updates['w'])
+  assert not np.all(np.asarray(state.scales[rows['v']]) == 1.0)  # refreshed
