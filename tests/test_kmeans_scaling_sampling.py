@@ -155,8 +155,12 @@ def test_sample_median_error_is_small():
 def test_refresh_on_large_layer_tracks_exact_statistics():
   """Sample-based MDAs and global deviation versus exact NumPy ones."""
   rng = np.random.default_rng(5)
+  # 'small' is exact (2,000 elements) and 30x wider; 'big' is sampled (4,096
+  # of 1M), so the model-wide median is right only if each sample stands for
+  # its share of the layer.
   shapes = {'big': (512, 2048), 'small': (40, 50)}
-  u = {k: jnp.asarray(rng.standard_t(3, size=s), jnp.float32)
+  spread = {'big': 1.0, 'small': 30.0}
+  u = {k: jnp.asarray(spread[k] * rng.standard_t(3, size=s), jnp.float32)
        for k, s in shapes.items()}
   tx = sgg_optax.sgg(3, recluster_interval=1, beta3=0.0)
   _, state = jax.jit(tx.update)(u, tx.init(u))
