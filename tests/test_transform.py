@@ -209,6 +209,22 @@ def test_reference_rule_matches_its_formula():
   assert scales[0] > 1.0 > scales[1]  # small-|m| cluster boosted
 
 
+def test_reference_rule_empty_cluster_takes_the_layer_mean():
+  # Two distinct magnitudes, three clusters: one cluster has no members.
+  tx = sgg_optax.sgg(3, recluster_interval=1, beta3=0.9,
+                     scale_rule='reference', cluster_stat='abs',
+                     cluster_decay=0.5, reference_init='first')
+  w = np.where(np.arange(60).reshape(6, 10) % 3 == 0, 0.3, 0.1)
+  u = {'w': jnp.asarray(w, jnp.float32)}
+  _, state = jax.jit(tx.update)(u, tx.init(u))
+  fractions = np.asarray(state.fractions[0])
+  empty = fractions == 0
+  assert empty.sum() == 1, fractions
+  layer = np.abs(w).mean()
+  np.testing.assert_allclose(state.cluster_stats[0][empty], layer, rtol=1e-6)
+  np.testing.assert_allclose(state.scales[0][empty], 1.0, rtol=1e-6)
+
+
 def test_reference_rule_with_ones_init_decays_uniformly():
   """The public code's EMA start at 1 shrinks all scales alike (small m)."""
   tx = sgg_optax.sgg(3, recluster_interval=1, beta3=0.9,
