@@ -390,6 +390,15 @@ def load_bbc_classification() -> ClassificationData:
 # ------------------------------------------------------------------------------
 
 
+def _cache_file(cache: str | os.PathLike | None, folder: str, stem: str,
+                suffix: str, *inputs: str) -> pathlib.Path:
+  """``<cache or cache_dir()>/<folder>/<stem>-<hash of inputs><suffix>``."""
+  key = hashlib.sha256(
+    "/".join((_CACHE_FORMAT,) + inputs).encode()).hexdigest()[:16]
+  root = pathlib.Path(cache) if cache is not None else cache_dir()
+  return root / folder / f"{stem}-{key}{suffix}"
+
+
 def cache_dir() -> pathlib.Path:
   """Returns ``$SGG_OPTAX_CACHE``, or ``~/.cache/sgg_optax`` when unset."""
   override = os.environ.get(CACHE_ENV_VAR)
@@ -588,11 +597,9 @@ def load_bpe_tokenizer(corpus: str | Corpus,
 
   if isinstance(corpus, str):
     corpus = load_corpus(corpus)
-  key = hashlib.sha256(
-    f"{_CACHE_FORMAT}/{tokenizers.__version__}/{corpus.fingerprint(TRAIN)}"
-    .encode()).hexdigest()[:16]
-  root = pathlib.Path(cache) if cache is not None else cache_dir()
-  path = root / "tokenizers" / f"bpe-{corpus.name}-{vocab_size}-{key}.json"
+  path = _cache_file(
+    cache, "tokenizers", f"bpe-{corpus.name}-{vocab_size}", ".json",
+    tokenizers.__version__, corpus.fingerprint(TRAIN))
   if path.exists():
     return BPETokenizer.load(path)
   logger.info("training a %d-token BPE on %s", vocab_size, corpus.name)
@@ -652,11 +659,8 @@ def tokenize_split(corpus: str | Corpus, split: str, tokenizer: Tokenizer,
   _check_split(split)
   if isinstance(corpus, str):
     corpus = load_corpus(corpus)
-  key = hashlib.sha256(
-    f"{_CACHE_FORMAT}/{tokenizer.fingerprint}/{corpus.fingerprint(split)}"
-    .encode()).hexdigest()[:16]
-  root = pathlib.Path(cache) if cache is not None else cache_dir()
-  path = root / "tokens" / f"{corpus.name}-{split}-{key}.npy"
+  path = _cache_file(cache, "tokens", f"{corpus.name}-{split}", ".npy",
+                     tokenizer.fingerprint, corpus.fingerprint(split))
   if path.exists():
     return np.load(path).astype(np.int32)
   logger.info("tokenizing %s/%s", corpus.name, split)
