@@ -391,10 +391,10 @@ def load_bbc_classification() -> ClassificationData:
 
 
 def _cache_file(cache: str | os.PathLike | None, folder: str, stem: str,
-                suffix: str, *inputs: str) -> pathlib.Path:
+                suffix: str, *inputs: object) -> pathlib.Path:
   """``<cache or cache_dir()>/<folder>/<stem>-<hash of inputs><suffix>``."""
   key = hashlib.sha256(
-    "/".join((_CACHE_FORMAT,) + inputs).encode()).hexdigest()[:16]
+    "/".join(map(str, (_CACHE_FORMAT,) + inputs)).encode()).hexdigest()[:16]
   root = pathlib.Path(cache) if cache is not None else cache_dir()
   return root / folder / f"{stem}-{key}{suffix}"
 
