@@ -1,0 +1,162 @@
+"""What every run JSON records: the code, command and machine behind it.
+
+Every experiment writes :func:`provenance` into its run JSONs under the key
+``'provenance'``, and SGG runs add :func:`clamped_fraction`. The source
+hashes are taken when this module is first imported, so they name the code
+the process runs even if the working tree changes while it runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import os
+import pathlib
+import platform
+import subprocess
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+# What makes a result: the library, the experiment code and the build file.
+# Results folders are outputs, not code.
+_CODE_PATHS = ('sgg_optax', 'experiments', 'pyproject.toml',
+               ':(exclude)experiments/results')
+
+
+def source_sha256(package: pathlib.Path) -> str:
+  """SHA-256 of every ``.py`` file below ``package`` (paths and bytes)."""
+  digest = hashlib.sha256()
+  for path in sorted(package.rglob('*.py')):
+    if 'results' in path.relative_to(package).parts:
+      continue
+    digest.update(path.relative_to(package).as_posix().encode())
+    digest.update(b'\0')
+    digest.update(path.read_bytes())
+  return digest.hexdigest()
+
+
+def _sgg_optax_dir() -> pathlib.Path:
+  import sgg_optax
+  return pathlib.Path(sgg_optax.__file__).resolve().parent
+
+
+SGG_OPTAX_SOURCE = source_sha256(_sgg_optax_dir())
+EXPERIMENTS_SOURCE = source_sha256(pathlib.Path(__file__).resolve().parent)
+
+
+def _git(*args: str) -> str | None:
+  try:
+    return subprocess.run(['git', *args], cwd=ROOT, check=True,
+                          capture_output=True, text=True).stdout.strip()
+  except (OSError, subprocess.CalledProcessError):
+    return None
+
+
+def git_state() -> tuple[str, bool | None]:
+  """HEAD and whether the code differs from it (None: not a checkout).
+
+  Only the code counts (``sgg_optax/``, ``experiments/`` but its results,
+  ``pyproject.toml``), tracked or not, so a run that rewrites committed
+  results is not "dirty" for it.
+  """
+  head = _git('rev-parse', 'HEAD')
+  if head is None:
+    return 'unknown', None
+  status = _git('status', '--porcelain', '--untracked-files=all', '--',
+                *_CODE_PATHS)
+  return head, bool(status)
+
+
+_GIT_COMMIT, _DIRTY = git_state()  # at import, like the source hashes
+
+
+def _version(dist: str) -> str | None:
+  try:
+    return importlib.metadata.version(dist)
+  except importlib.metadata.PackageNotFoundError:
+    return None
+
+
+def versions() -> dict[str, str | None]:
+  """Versions of Python and the libraries a result depends on."""
+  out = {'python': platform.python_version()}
+  for dist in ('jax', 'jaxlib', 'optax', 'flax', 'orbax-checkpoint', 'numpy',
+               'sgg_optax'):
+    out[dist] = _version(dist)
+  return out
+
+
+def device() -> dict[str, Any]:
+  """The devices and host the process runs on."""
+  import jax
+  dev = jax.devices()[0]
+  return {
+      'platform': dev.platform, 'device_kind': dev.device_kind,
+      'device_count': jax.device_count(),
+      'local_device_count': jax.local_device_count(),
+      'process_count': jax.process_count(), 'host': platform.node(),
+      'cpu_count': os.cpu_count(),
+  }
+
+
+def provenance(argv: Sequence[str] | None = None) -> dict[str, Any]:
+  """The ``'provenance'`` record of a run JSON.
+
+  Args:
+    argv: the command line (default: this process's ``sys.argv``); the
+      entry module is written as ``python -m experiments.<name>``.
+
+  Returns:
+    ``git_commit``, ``dirty`` (False for results fit to commit), ``command``,
+    ``sgg_optax_source_sha256``, ``experiments_source_sha256``,
+    ``versions`` and ``device``.
+  """
+  if argv is None:
+    argv = sys.argv
+  argv = [str(a) for a in argv]
+  if argv and argv[0].endswith('.py'):
+    module = pathlib.Path(argv[0]).resolve()
+    try:
+      rel = module.relative_to(ROOT).with_suffix('')
+      argv = ['python', '-m', '.'.join(rel.parts)] + argv[1:]
+    except ValueError:
+      pass
+  return {
+      'git_commit': _GIT_COMMIT,
+      'dirty': _DIRTY,
+      'command': argv,
+      'sgg_optax_source_sha256': SGG_OPTAX_SOURCE,
+      'experiments_source_sha256': EXPERIMENTS_SOURCE,
+      'versions': versions(),
+      'device': device(),
+  }
+
+
+def code_key() -> str:
+  """Both source hashes, for run-cache keys: a stale run is never reused."""
+  return SGG_OPTAX_SOURCE[:16] + EXPERIMENTS_SOURCE[:16]
+
+
+def clamped_fraction(scales: Any, clamp: tuple[float, float],
+                     rtol: float = 1e-5) -> float:
+  """Share of (layer, cluster) scales sitting at a clamp bound.
+
+  Args:
+    scales: the scales, e.g. ``sgg_optax.cluster_summary(state).scales``.
+    clamp: SGG's ``(low, high)``.
+    rtol: relative tolerance of "at a bound" (float32 rounding).
+
+  Returns:
+    A fraction in ``[0, 1]`` (0 for no scales).
+  """
+  s = np.asarray(scales, np.float64).ravel()
+  if s.size == 0:
+    return 0.0
+  lo, hi = clamp
+  at = np.isclose(s, lo, rtol=rtol, atol=0) | np.isclose(s, hi, rtol=rtol,
+                                                          atol=0)
+  return float(np.mean(at))
