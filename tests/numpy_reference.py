@@ -31,10 +31,14 @@ def kmeans(x, centres, iters):
   return c
 
 
-def refresh(stats, centres, scales, mdas, *, beta3, k, iters=10,
+def refresh(stats, centres, scales, mdas, *, first, beta3, k, iters=10,
             cluster_stat='signed', global_stat='layer_mean', eps=1e-8,
             clamp=(0.1, 10.0), clamp_before=True):
   """One refresh over a list of per-layer statistics.
+
+  ``first[g]``: layer ``g`` was never refreshed. K-means starts from the
+  quantiles then, and when the previous centres have collapsed (all equal);
+  else from the previous centres.
 
   Returns (ids per layer, centres, scales, mdas, global deviation).
   """
@@ -43,9 +47,8 @@ def refresh(stats, centres, scales, mdas, *, beta3, k, iters=10,
   for g, stat in enumerate(stats):
     x = np.asarray(stat, np.float64).ravel()
     feat = np.abs(x) if cluster_stat == 'abs' else x
-    start = centres[g]
-    if np.all(start == start[0]):
-      start = quantile_init(feat, k)
+    collapsed = np.all(centres[g] == centres[g][0])
+    start = quantile_init(feat, k) if first[g] or collapsed else centres[g]
     c = kmeans(feat, start, iters)
     ids = nearest(feat, c)
     dev = np.abs(x - x.mean())

@@ -1,4 +1,4 @@
-"""Unit tests of the K-means, the median helpers and the refresh sample."""
+"""Unit tests of the K-means, the median helpers and the refresh rules."""
 
 import jax
 import jax.numpy as jnp
@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 import sgg_optax
-from sgg_optax._src import kmeans, quantiles, sampling
+from sgg_optax._src import kmeans, quantiles
 from tests import numpy_reference as ref
+from tests._rows import rows
 
 
 def test_kmeans_matches_numpy_lloyd_per_row():
@@ -112,46 +113,6 @@ def test_order_statistics_are_exact(dist):
   np.testing.assert_array_equal(got, want)
 
 
-@pytest.mark.parametrize('shape,stacked', [
-    ((7,), False), ((64, 64), False), ((300, 1000), False),
-    ((12, 64, 48), False), ((4, 128, 512), True), ((32000, 512), False),
-    ((4097,), False), ((1000, 3), False),
-])
-def test_sample_layout(shape, stacked):
-  size = 4096
-  lay = sampling.leaf_layout(shape, stacked, size, offset=5)
-  per_row = np.prod(shape[1:] if stacked else shape)
-  assert lay.count <= size
-  assert lay.numel == per_row
-  assert lay.rows == (shape[0] if stacked else 1)
-  x = np.arange(np.prod(shape), dtype=np.float64).reshape(shape)
-  got = np.asarray(sampling.sample_leaf(jnp.asarray(x, jnp.float32), lay))
-  assert got.shape == (lay.rows, lay.count)
-  if per_row <= size:
-    np.testing.assert_array_equal(got.reshape(-1), x.reshape(-1))
-    return
-  flat = (got % per_row).astype(np.int64)  # position within the row
-  assert len(np.unique(flat[0])) == lay.count
-  assert lay.count >= size // 2
-  # spread over the whole row: both ends are reached within one stride
-  assert flat.min() < per_row / 8 and flat.max() > per_row * 7 / 8
-  if lay.view[-1] == 16 and len(lay.view) > len(lay.strides):
-    runs = np.diff(np.sort(flat[0]).reshape(-1, 16), axis=1)
-    assert np.all(runs == 1)  # runs of 16 consecutive elements
-
-
-def test_sample_median_error_is_small():
-  """The sampled median of a 1M-element layer lands near rank 1/2."""
-  rng = np.random.default_rng(4)
-  x = rng.standard_t(3, size=(1024, 1024)).astype(np.float32)
-  lay = sampling.leaf_layout(x.shape, False, 4096, 0)
-  sample = np.asarray(sampling.sample_leaf(jnp.asarray(x), lay))[0]
-  dev = np.abs(x - x.mean())
-  est = np.median(np.abs(sample - sample.mean()))
-  rank = np.mean(dev <= est)
-  assert abs(rank - 0.5) < 0.02, rank
-
-
 def test_refresh_on_large_layer_tracks_exact_statistics():
   """Sample-based MDAs and global deviation versus exact NumPy ones."""
   rng = np.random.default_rng(5)
@@ -171,7 +132,7 @@ def test_refresh_on_large_layer_tracks_exact_statistics():
   dev = np.abs(x - x.mean())
   for k in range(3):
     d = dev[ids == k]
-    rank = np.mean(d <= float(state.cluster_stats[g, k]))
+    rank = np.mean(d <= float(rows(state.cluster_stats)[g, k]))
     assert abs(rank - 0.5) < 0.05, (k, rank)
   alldev = np.concatenate(
       [dev, np.abs(np.asarray(u['small']).ravel()
@@ -179,6 +140,6 @@ def test_refresh_on_large_layer_tracks_exact_statistics():
   rank = np.mean(alldev <= float(state.global_stat))
   assert abs(rank - 0.5) < 0.02, rank
   # the ids of all elements come from the sampled centres' boundaries
-  bounds = 0.5 * (state.centres[g, :-1] + state.centres[g, 1:])
+  bounds = 0.5 * (rows(state.centres)[g, :-1] + rows(state.centres)[g, 1:])
   np.testing.assert_array_equal(
       ids, np.searchsorted(np.asarray(bounds), x.astype(np.float32)))

@@ -4,20 +4,18 @@ import collections
 import functools
 import re
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from flax import nnx
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import sgg_optax
-from experiments import model as llama
 from sgg_optax._src.sharding import state_partition_specs, state_shardings
 from tests import _problem
+from tests._rows import rows
 
 MODES = pytest.mark.parametrize('mode', [AxisType.Explicit, AxisType.Auto],
                                 ids=['explicit', 'auto'])
@@ -80,9 +78,12 @@ def test_state_specs_follow_params_wherever_sgg_sits(name):
   sgg_specs = sgg_optax.find_sgg_states(specs)
   assert len(sgg_states) == len(sgg_specs) == 1
   state, spec = sgg_states[0], sgg_specs[0]
-  for field in ('count', 'centres', 'scales', 'cluster_stats', 'fractions',
-                'global_stat'):
-    assert getattr(spec, field) == P(), field
+  assert spec.count == P() and spec.global_stat == P()
+  for field in ('centres', 'scales', 'cluster_stats', 'fractions',
+                'refreshes'):  # one replicated array per grouped layer
+    specs_of = getattr(spec, field)
+    assert len(specs_of) == len(getattr(state, field)) >= 1, field
+    assert all(s == P() for s in specs_of), field
   ids = jax.tree.leaves(state.ids)
   assert len(ids) == len(jax.tree.leaves(spec.ids))
   for key, leaf in state.ids.items():
@@ -137,77 +138,10 @@ def test_state_shardings_mesh_and_memory_kind():
       (s.memory_kind, x.dtype == jnp.uint8) for s, x in zip(
           jax.tree.leaves(host), jax.tree.leaves(jax.eval_shape(tx.init,
                                                                 params))))
-  # Only the two uint8 id arrays are on the host (not Adam's moments).
-  assert kinds == {('pinned_host', True): 2, ('device', False): 13}
-
-
-def test_state_specs_for_nnx_llama():
-  config = llama.get_config('tiny', n_layers=2)
-  model = nnx.eval_shape(lambda: llama.Llama(config, rngs=nnx.Rngs(0)))
-  params = nnx.state(model, nnx.Param)
-  param_specs = llama.partition_specs(model, llama.FSDP_TP_RULES)
-  tx = sgg_optax.adamw_sgg(1e-3)
-  specs = state_partition_specs(tx, params, param_specs)
-  abstract = jax.eval_shape(tx.init, params)
-  assert (jax.tree.structure(specs, is_leaf=_is_masked)
-          == jax.tree.structure(abstract, is_leaf=_is_masked))
-  (ids_specs,) = [s.ids for s in sgg_optax.find_sgg_states(specs)]
-  flat_ids = dict(nnx.to_flat_state(ids_specs))
-  flat_params = dict(nnx.to_flat_state(param_specs))
-  assert flat_ids.keys() == flat_params.keys()
-  grouped = 0
-  for path, spec in flat_ids.items():
-    if path[-1] == 'scale':  # RMSNorm scales: no ids
-      assert _is_masked(spec.get_value())
-    else:
-      assert spec.get_value() == flat_params[path].get_value()
-      grouped += 1
-  assert grouped == 1 + 2 * 7  # tied embedding and 7 matrices per block
-  (sgg_spec,) = sgg_optax.find_sgg_states(specs)
-  assert sgg_spec.scales == P() and sgg_spec.count == P()
-
-
-class _LinenMLP(nn.Module):
-  """Two dense layers with logical axis annotations."""
-
-  @nn.compact
-  def __call__(self, x):
-    init = lambda names: nn.with_logical_partitioning(
-        nn.initializers.lecun_normal(), names)
-    x = nn.Dense(32, kernel_init=init(('embed', 'mlp')),
-                 bias_init=nn.with_logical_partitioning(nn.initializers.zeros,
-                                                        ('mlp',)))(x)
-    return nn.Dense(16, use_bias=False,
-                    kernel_init=init(('mlp', 'embed')))(jnp.tanh(x))
-
-
-def test_state_shardings_for_linen_logical_partitioning():
-  mesh = _problem.make_mesh(AxisType.Explicit)
-  rules = (('embed', 'data'), ('mlp', 'model'))
-  boxed = jax.eval_shape(_LinenMLP().init, jax.random.key(0),
-                         jnp.ones((8, 64)))
-  param_shardings = nn.logical_to_mesh_sharding(
-      nn.get_partition_spec(boxed), mesh, rules)
-  tx = sgg_optax.adamw_sgg(1e-3)
-  ours = state_shardings(tx, nn.unbox(boxed), param_shardings)
-
-  # Linen's own route: boxes carry the names through tx.init.
-  linen = nn.logical_to_mesh_sharding(
-      nn.get_partition_spec(jax.eval_shape(tx.init, boxed)), mesh, rules)
-  ours_flat = {jax.tree_util.keystr(k): v for k, v in
-               jax.tree_util.tree_flatten_with_path(ours)[0]}
-  linen_flat = {jax.tree_util.keystr(k): v for k, v in
-                jax.tree_util.tree_flatten_with_path(linen)[0]}
-  # Linen gives a spec to the boxed MaskedNode of the ungrouped bias (an
-  # empty subtree); everything else agrees.
-  extra = set(linen_flat) - set(ours_flat)
-  assert len(extra) == 1 and 'ids' in extra.pop()
-  for key, sharding in ours_flat.items():
-    assert linen_flat[key] == sharding, key
-  (sgg_spec,) = sgg_optax.find_sgg_states(ours)
-  kernel = sgg_spec.ids['params']['Dense_0']['kernel']
-  assert kernel.spec == P('data', 'model')
-  assert sgg_spec.scales.spec == P()
+  # Only the two uint8 id arrays are on the host: not Adam's count, mu and
+  # nu (7 leaves), nor SGG's count, global statistic and 5 per-layer
+  # statistics of each of the 2 grouped layers (12 leaves).
+  assert kinds == {('pinned_host', True): 2, ('device', False): 19}
 
 
 # ------------------------------------------------------------------------------
@@ -286,7 +220,8 @@ def test_sharded_steps_keep_shardings_and_match_single_device(mode):
   (ref_params, ref_state), ref_losses = _reference()
   sgg_state, ref_sgg = state[1], ref_state[1]
   assert int(sgg_state.count) == 3 * _problem.INTERVAL
-  assert not np.allclose(ref_sgg.scales, 1.0)  # the refreshes did something
+  # the refreshes did something
+  assert not np.allclose(rows(ref_sgg.scales), 1.0)
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(sgg_state.ids),
                ref_sgg.ids)
   for field in ('scales', 'centres', 'fractions', 'cluster_stats',
@@ -433,6 +368,43 @@ def test_sample_collectives_for_a_3d_param_sharded_on_its_leading_axis(
     assert c['numel'] <= sample, c
 
 
+def _every_step(tx, mode):
+  """(op, elements) of each collective that runs on every step."""
+  found = collectives(_compiled_update_hlo(tx, mode))
+  return sorted((c['op'], c['numel']) for c in found
+                if c['where'] == 'every step')
+
+
+_FORMS = {
+    'momentum form': lambda: sgg_optax.with_sgg(
+        optax.scale_by_adam(), recluster_interval=_problem.INTERVAL,
+        sample_size=_problem.SAMPLE),
+    'chain link': lambda: optax.chain(
+        optax.scale_by_adam(), sgg_optax.sgg(
+            recluster_interval=_problem.INTERVAL,
+            sample_size=_problem.SAMPLE)),
+}
+
+
+@MODES
+@pytest.mark.parametrize('form', list(_FORMS))
+def test_steps_without_refresh_communicate_as_the_base_optimizer(form, mode):
+  """Beyond Adam's own step, every collective is inside the refresh.
+
+  The sample is drawn inside the refresh's conditional, so a step that does
+  not refresh sends nothing more than the base optimizer's step.
+  """
+  lr = optax.scale_by_learning_rate(1e-2)
+  base = _every_step(optax.chain(optax.scale_by_adam(), lr), mode)
+  tx = optax.chain(_FORMS[form](), lr)
+  assert _every_step(tx, mode) == base
+  found = collectives(_compiled_update_hlo(tx, mode))
+  refresh = [c for c in found if c['where'].startswith('branch 1')]
+  assert refresh  # the sample is assembled in the refresh branch
+  bound = _problem.NUM_GROUPS * _problem.SAMPLE
+  assert all(c['numel'] <= bound for c in refresh), refresh
+
+
 def test_collective_parser_sees_a_parameter_gather():
   """Guards the parser: a full gather of w1 shows up, with its size."""
   hlo = _compiled_update_hlo(_problem.make_tx(), AxisType.Auto)
@@ -448,61 +420,3 @@ def test_collective_parser_sees_a_parameter_gather():
   big = [c for c in found if c['numel'] >= shard]
   assert big and all(c['where'].startswith('branch 1') for c in big), found
   assert collectives(hlo)  # and the real step has some
-
-
-# ------------------------------------------------------------------------------
-# Flax NNX
-# ------------------------------------------------------------------------------
-
-
-def test_nnx_optimizer_on_a_mesh_keeps_ids_with_their_kernels():
-  """``nnx.Optimizer`` on a mesh with Auto axes (NNX forward passes need
-  them: the model's activations carry no sharding annotations)."""
-  config = llama.get_config('tiny', n_layers=1, vocab_size=256, dim=64,
-                            ffn_dim=128, n_heads=4, n_kv_heads=2)
-  mesh = _problem.make_mesh(AxisType.Auto)
-  tx = optax.chain(optax.scale_by_adam(),
-                   sgg_optax.sgg(recluster_interval=1, sample_size=256),
-                   optax.scale_by_learning_rate(1e-2))
-  tokens = np.random.default_rng(0).integers(0, 256, (8, 17))
-
-  @nnx.jit
-  def step(model, opt, batch):
-    loss, grads = nnx.value_and_grad(llama.loss_fn)(model, batch)
-    opt.update(model, grads)
-    return loss
-
-  with jax.set_mesh(mesh), nnx.logical_axis_rules(llama.FSDP_TP_RULES):
-    model = llama.Llama(config, rngs=nnx.Rngs(0))
-    opt = nnx.Optimizer(model, tx, wrt=nnx.Param)
-    expected = state_shardings(
-        tx, nnx.state(model, nnx.Param),
-        llama.partition_specs(model, llama.FSDP_TP_RULES))
-    # At construction nnx.Optimizer shards every state leaf as the helper says
-    # (``opt.opt_state`` keeps the NamedTuples, hence the leaf order).
-    actual = [x.sharding for x in jax.tree.leaves(opt.opt_state)]
-    want = jax.tree.leaves(expected)
-    # Adam: count, mu and nu of 11 params; SGG: count, 8 ids, 5 statistics.
-    assert len(actual) == len(want) == 1 + 2 * 11 + 1 + 8 + 5
-    for a, w in zip(actual, want):
-      assert a.spec == w.spec and a.mesh == w.mesh, (a, w)
-    batch = jax.device_put(jnp.asarray(tokens, jnp.int32), P('data'))
-    losses = [float(step(model, opt, batch)) for _ in range(2)]
-
-  assert np.isfinite(losses).all() and losses[1] < losses[0]
-  sgg_state = opt.opt_state[1]
-  assert int(sgg_state.count[...]) == 2
-  assert not np.allclose(sgg_state.scales[...], 1.0)  # refreshed
-  # After the refreshes each id array still lives with its kernel. (Under
-  # auto axes nnx.jit leaves output shardings to XLA's propagation: Adam's
-  # ``nu`` of the RMSNorm scales, for one, comes back sharded over 'data'.)
-  for path, kernel in nnx.to_flat_state(nnx.state(model, nnx.Param)):
-    ids = functools.reduce(lambda t, k: t[k], path, sgg_state.ids)
-    if path[-1] == 'scale':
-      continue
-    assert ids[...].dtype == jnp.uint8
-    assert ids[...].sharding == kernel[...].sharding, path
-  assert (model.layers[0].mlp.gate_proj.kernel[...].sharding.spec
-          == P('data', 'model'))
-  for name in ('centres', 'scales', 'cluster_stats', 'fractions'):
-    assert getattr(sgg_state, name)[...].sharding.spec == P()

@@ -7,12 +7,42 @@ import optax
 
 from sgg_optax._src.transform import MaskOrFn, with_sgg
 
+_SGG_ARGS_DOC = """
+    num_clusters: SGG's ``K`` (see :func:`~sgg_optax.sgg`).
+    recluster_interval: SGG's ``T``.
+    beta3: SGG's scale EMA decay.
+    sgg_mask: which parameters SGG groups (:func:`~sgg_optax.sgg`'s
+      ``mask``; default: those with at least 2 dimensions).
+    stacked_layers: see :func:`~sgg_optax.sgg`.
+    cluster_stat: see :func:`~sgg_optax.sgg`.
+    global_stat: see :func:`~sgg_optax.sgg`.
+    scale_rule: see :func:`~sgg_optax.sgg`.
+    clamp: see :func:`~sgg_optax.sgg`.
+    clamp_order: see :func:`~sgg_optax.sgg`.
+    sgg_eps: SGG's ``eps`` (:func:`~sgg_optax.sgg`'s ``eps``).
+    kmeans_iters: see :func:`~sgg_optax.sgg`.
+    sample_size: see :func:`~sgg_optax.sgg`.
+    assignment: see :func:`~sgg_optax.sgg`.
+    cluster_decay: see :func:`~sgg_optax.sgg`.
+    reference_init: see :func:`~sgg_optax.sgg`."""
 
-def _scaled(base: optax.GradientTransformation, cluster_momentum: bool,
-            sgg_kwargs: dict[str, Any]) -> optax.GradientTransformation:
-  """``base`` wrapped by SGG, clustering its first moment or its update."""
-  return with_sgg(base, moment='mu' if cluster_momentum else None,
-                  **sgg_kwargs)
+
+_SGG_ARGS = ('num_clusters', 'recluster_interval', 'beta3', 'sgg_mask',
+             'stacked_layers', 'cluster_stat', 'global_stat', 'scale_rule',
+             'clamp', 'clamp_order', 'sgg_eps', 'kmeans_iters', 'sample_size',
+             'assignment', 'cluster_decay', 'reference_init')
+
+
+def _sgg_args(arguments: dict[str, Any]) -> dict[str, Any]:
+  """An alias's SGG arguments, out of all of its arguments."""
+  return {name: arguments[name] for name in _SGG_ARGS}
+
+
+def _with_sgg(base: optax.GradientTransformation, moment: str | None,
+              **kw: Any) -> optax.GradientTransformation:
+  """``base`` wrapped by SGG; ``kw`` are an alias's SGG arguments."""
+  return with_sgg(base, moment=moment, mask=kw.pop('sgg_mask'),
+                  eps=kw.pop('sgg_eps'), **kw)
 
 
 def adamw_sgg(
@@ -21,21 +51,34 @@ def adamw_sgg(
     b2: float = 0.999,
     eps: float = 1e-8,
     eps_root: float = 0.0,
+    mu_dtype: Any = None,
     weight_decay: float = 1e-4,
+    mask: MaskOrFn = None,
     *,
+    cluster_momentum: bool = True,
     num_clusters: int = 3,
     recluster_interval: int = 500,
     beta3: float = 0.99,
-    cluster_momentum: bool = True,
-    mu_dtype: Any = None,
-    weight_decay_mask: MaskOrFn = None,
-    **sgg_kwargs: Any,
+    sgg_mask: MaskOrFn = None,
+    stacked_layers: MaskOrFn = None,
+    cluster_stat: str | None = None,
+    global_stat: str = 'layer_mean',
+    scale_rule: str = 'mda',
+    clamp: tuple[float, float] = (0.1, 10.0),
+    clamp_order: str | None = None,
+    sgg_eps: float = 1e-8,
+    kmeans_iters: int = 10,
+    sample_size: int = 4096,
+    assignment: str = 'frozen',
+    cluster_decay: float = 0.95,
+    reference_init: str = 'ones',
 ) -> optax.GradientTransformationExtraArgs:
   r"""AdamW with SGG scaling of its adaptive step.
 
   ``chain(scale_by_adam, sgg, add_decayed_weights, scale_by_learning_rate)``
-  (SGG wraps Adam, see :func:`with_sgg`): the decoupled weight decay is added
-  after SGG, so it is not scaled by cluster.
+  (SGG wraps Adam, see :func:`~sgg_optax.with_sgg`): the decoupled weight
+  decay is added after SGG, so it is not scaled by cluster. The leading
+  arguments are those of :func:`optax.adamw`, in its order.
 
   Args:
     learning_rate: a scalar or schedule.
@@ -43,38 +86,29 @@ def adamw_sgg(
     b2: Adam's second-moment decay.
     eps: Adam's epsilon outside the square root.
     eps_root: Adam's epsilon inside the square root.
-    weight_decay: decoupled weight decay.
-    num_clusters: SGG's ``K``.
-    recluster_interval: SGG's ``T``.
-    beta3: SGG's scale EMA decay.
-    cluster_momentum: cluster Adam's first moment (the paper, and the
-      fastest form, see :func:`with_sgg`) instead of its update (the
-      statistic of :func:`sgg`).
     mu_dtype: dtype of Adam's first moment.
-    weight_decay_mask: mask of the weight decay, as in
-      :func:`optax.adamw`.
-    **sgg_kwargs: further options of :func:`sgg` (``mask``,
-      ``scale_rule``, ...).
+    weight_decay: decoupled weight decay.
+    mask: mask of the weight decay, as in :func:`optax.adamw`.
+    cluster_momentum: cluster Adam's first moment (the paper) instead of its
+      update (the statistic of :func:`~sgg_optax.sgg`).{sgg_args}
 
   Returns:
     The optimizer.
 
   Example:
     >>> import jax.numpy as jnp, sgg_optax
-    >>> opt = sgg_optax.adamw_sgg(1e-3, recluster_interval=100)
+    >>> opt = sgg_optax.adamw_sgg(1e-3, recluster_interval=100, sgg_eps=1e-6)
     >>> state = opt.init({'w': jnp.zeros((8, 8))})
 
   References:
     Li et al., `Taming LLMs by Scaling Learning Rates with Gradient Grouping
     <https://arxiv.org/abs/2506.01049>`_, ACL 2025.
   """
+  sgg = _sgg_args(locals())
   base = optax.scale_by_adam(b1, b2, eps, eps_root, mu_dtype=mu_dtype)
-  kwargs = dict(num_clusters=num_clusters,
-                recluster_interval=recluster_interval, beta3=beta3,
-                **sgg_kwargs)
   return optax.chain(
-      _scaled(base, cluster_momentum, kwargs),
-      optax.add_decayed_weights(weight_decay, weight_decay_mask),
+      _with_sgg(base, 'mu' if cluster_momentum else None, **sgg),
+      optax.add_decayed_weights(weight_decay, mask),
       optax.scale_by_learning_rate(learning_rate))
 
 
@@ -85,20 +119,33 @@ def lamb_sgg(
     eps: float = 1e-6,
     eps_root: float = 0.0,
     weight_decay: float = 0.0,
+    mask: MaskOrFn = None,
     *,
+    cluster_momentum: bool = True,
     num_clusters: int = 3,
     recluster_interval: int = 500,
     beta3: float = 0.99,
-    cluster_momentum: bool = True,
-    weight_decay_mask: MaskOrFn = None,
-    **sgg_kwargs: Any,
+    sgg_mask: MaskOrFn = None,
+    stacked_layers: MaskOrFn = None,
+    cluster_stat: str | None = None,
+    global_stat: str = 'layer_mean',
+    scale_rule: str = 'mda',
+    clamp: tuple[float, float] = (0.1, 10.0),
+    clamp_order: str | None = None,
+    sgg_eps: float = 1e-8,
+    kmeans_iters: int = 10,
+    sample_size: int = 4096,
+    assignment: str = 'frozen',
+    cluster_decay: float = 0.95,
+    reference_init: str = 'ones',
 ) -> optax.GradientTransformationExtraArgs:
   r"""LAMB with SGG scaling of the Adam direction before the trust ratio.
 
   ``chain(scale_by_adam, sgg, add_decayed_weights, scale_by_trust_ratio,
   scale_by_learning_rate)``, the order of the reference code. The layer-wise
   trust ratio cancels any uniform per-layer factor, so only the ratios
-  between a layer's clusters change the step.
+  between a layer's clusters change the step. The leading arguments are
+  those of :func:`optax.lamb`, in its order.
 
   Args:
     learning_rate: a scalar or schedule.
@@ -108,13 +155,9 @@ def lamb_sgg(
     eps_root: epsilon inside the square root.
     weight_decay: weight decay, added before the trust ratio as in
       :func:`optax.lamb`.
-    num_clusters: SGG's ``K``.
-    recluster_interval: SGG's ``T``.
-    beta3: SGG's scale EMA decay.
-    cluster_momentum: cluster the first moment (the paper, and the fastest
-      form) instead of the update.
-    weight_decay_mask: mask of the weight decay.
-    **sgg_kwargs: further options of :func:`sgg`.
+    mask: mask of the weight decay.
+    cluster_momentum: cluster the first moment (the paper) instead of the
+      update.{sgg_args}
 
   Returns:
     The optimizer.
@@ -128,13 +171,11 @@ def lamb_sgg(
     Li et al., `Taming LLMs by Scaling Learning Rates with Gradient Grouping
     <https://arxiv.org/abs/2506.01049>`_, ACL 2025.
   """
+  sgg = _sgg_args(locals())
   base = optax.scale_by_adam(b1, b2, eps, eps_root)
-  kwargs = dict(num_clusters=num_clusters,
-                recluster_interval=recluster_interval, beta3=beta3,
-                **sgg_kwargs)
   return optax.chain(
-      _scaled(base, cluster_momentum, kwargs),
-      optax.add_decayed_weights(weight_decay, weight_decay_mask),
+      _with_sgg(base, 'mu' if cluster_momentum else None, **sgg),
+      optax.add_decayed_weights(weight_decay, mask),
       optax.scale_by_trust_ratio(),
       optax.scale_by_learning_rate(learning_rate))
 
@@ -156,15 +197,28 @@ def adafactor_sgg(
     num_clusters: int = 3,
     recluster_interval: int = 500,
     beta3: float = 0.99,
-    **sgg_kwargs: Any,
+    sgg_mask: MaskOrFn = None,
+    stacked_layers: MaskOrFn = None,
+    cluster_stat: str | None = None,
+    global_stat: str = 'layer_mean',
+    scale_rule: str = 'mda',
+    clamp: tuple[float, float] = (0.1, 10.0),
+    clamp_order: str | None = None,
+    sgg_eps: float = 1e-8,
+    kmeans_iters: int = 10,
+    sample_size: int = 4096,
+    assignment: str = 'frozen',
+    cluster_decay: float = 0.95,
+    reference_init: str = 'ones',
 ) -> optax.GradientTransformationExtraArgs:
   r"""Adafactor with SGG scaling its (clipped) factored step.
 
-  :func:`optax.adafactor` with :func:`sgg` inserted after the block-RMS
-  clipping and before the learning rate, so SGG scales the adaptive step
-  and the optimizer keeps Adafactor's sub-linear memory (SGG adds one byte
-  per grouped element). Adafactor has no first moment before its optional
-  momentum, so SGG clusters the update here.
+  :func:`optax.adafactor` with SGG inserted after the block-RMS clipping and
+  before the learning rate, so SGG scales the adaptive step and the
+  optimizer keeps Adafactor's sub-linear memory (SGG adds one byte per
+  grouped element). Adafactor has no first moment before its optional
+  momentum, so SGG clusters the update here. The leading arguments are
+  those of :func:`optax.adafactor`, in its order.
 
   Args:
     learning_rate: a scalar or schedule (None: apply it elsewhere).
@@ -178,11 +232,7 @@ def adafactor_sgg(
     weight_decay_rate: see :func:`optax.adafactor`.
     eps: see :func:`optax.adafactor`.
     factored: see :func:`optax.adafactor`.
-    weight_decay_mask: see :func:`optax.adafactor`.
-    num_clusters: SGG's ``K``.
-    recluster_interval: SGG's ``T``.
-    beta3: SGG's scale EMA decay.
-    **sgg_kwargs: further options of :func:`sgg`.
+    weight_decay_mask: see :func:`optax.adafactor`.{sgg_args}
 
   Returns:
     The optimizer.
@@ -196,12 +246,12 @@ def adafactor_sgg(
     Li et al., `Taming LLMs by Scaling Learning Rates with Gradient Grouping
     <https://arxiv.org/abs/2506.01049>`_, ACL 2025.
   """
+  sgg = _sgg_args(locals())
   base = [optax.scale_by_factored_rms(factored, decay_rate, decay_offset,
                                       min_dim_size_to_factor, eps)]
   if clipping_threshold is not None:
     base.append(optax.clip_by_block_rms(clipping_threshold))
-  tx = [with_sgg(optax.chain(*base), num_clusters, recluster_interval, beta3,
-                 moment=None, **sgg_kwargs)]
+  tx = [_with_sgg(optax.chain(*base), None, **sgg)]
   if learning_rate is not None:
     tx.append(optax.scale_by_learning_rate(learning_rate, flip_sign=False))
   if multiply_by_parameter_scale:
@@ -213,3 +263,7 @@ def adafactor_sgg(
     tx.append(optax.add_decayed_weights(weight_decay_rate, weight_decay_mask))
   tx.append(optax.scale(-1))
   return optax.chain(*tx)
+
+
+for _alias in (adamw_sgg, lamb_sgg, adafactor_sgg):
+  _alias.__doc__ = _alias.__doc__.replace('{sgg_args}', _SGG_ARGS_DOC)

@@ -23,6 +23,7 @@ class ClusterSummary(NamedTuple):
     centres: ``(G, K)`` K-means centres.
     cluster_stats: ``(G, K)`` the rule's per-cluster statistic.
     global_stat: the model-wide deviation at the last refresh.
+    refreshes: ``(G,)`` refreshes that updated each layer.
   """
   names: tuple[str, ...]
   count: int
@@ -31,6 +32,7 @@ class ClusterSummary(NamedTuple):
   centres: np.ndarray
   cluster_stats: np.ndarray
   global_stat: float
+  refreshes: np.ndarray
 
   def scalars(self, prefix: str = 'sgg') -> dict[str, float]:
     """Flat ``{'prefix/layer/scale_k': value}`` dict for metric loggers."""
@@ -56,7 +58,7 @@ def _path_name(path: Sequence[Any]) -> str:
 
 def group_names(params: optax.Params, *, mask: Any = None,
                 stacked_layers: Any = None) -> list[str]:
-  """Names of the rows of SGG's ``(G, K)`` statistics, in order.
+  """Names of the layers (rows of :func:`cluster_summary`), in order.
 
   Pass the same ``mask`` and ``stacked_layers`` as to :func:`sgg`. Stacked
   parameters give one name per slice, ``'path[i]'``.
@@ -69,13 +71,8 @@ def group_names(params: optax.Params, *, mask: Any = None,
   Returns:
     ``G`` names.
   """
-  cfg = transform._make_config(  # pylint: disable=protected-access
-      1, 1, 0.0, mask=mask, stacked_layers=stacked_layers,
-      cluster_stat='signed', global_stat='layer_mean', scale_rule='mda',
-      clamp=(0.1, 10.0), clamp_order=None, eps=0.0, kmeans_iters=0,
-      sample_size=1, assignment='frozen', cluster_decay=0.0,
-      reference_init='ones')
-  layouts = transform._plan(params, cfg)  # pylint: disable=protected-access
+  layouts = transform.layer_layouts(params, mask=mask,
+                                    stacked_layers=stacked_layers)
   paths = [p for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
   names = []
   for path, lay in zip(paths, layouts):
@@ -113,8 +110,8 @@ def cluster_summary(opt_state: Any, names: Sequence[str] | None = None
       one (e.g. the state of an :func:`optax.chain`, an
       ``nnx.Optimizer``'s ``opt_state``).
     names: row names, e.g. from :func:`group_names`. By default the rows
-      are named after the parameters when the state stores ids and no
-      parameter is stacked, else ``'group_<g>'``.
+      are named after the parameters when the state stores ids (a stacked
+      parameter's slices as ``'path[i]'``), else ``'group_<g>'``.
 
   Returns:
     A :class:`ClusterSummary` of host NumPy arrays.
@@ -133,18 +130,29 @@ def cluster_summary(opt_state: Any, names: Sequence[str] | None = None
                      f'{len(states)}; pass that state itself.')
   state = jax.tree.map(_unwrap, states[0],
                        is_leaf=lambda x: hasattr(x, 'get_value'))
-  num_groups = state.scales.shape[0]
+  host = lambda x: np.asarray(jax.device_get(x))
+  k = state.scales[0].shape[-1] if state.scales else 0
+  rows = lambda arrays, *tail: np.concatenate(
+      [host(a).reshape((-1,) + tail) for a in arrays]) if arrays else (
+          np.zeros((0,) + tail))
+  scales = rows(state.scales, k)
+  num_groups = scales.shape[0]
   if names is None:
     flat = jax.tree_util.tree_flatten_with_path(
         state.ids, is_leaf=lambda x: isinstance(x, optax.MaskedNode))[0]
-    names = [_path_name(p) for p, x in flat
+    paths = [_path_name(p) for p, x in flat
              if not isinstance(x, optax.MaskedNode)]
-    if len(names) != num_groups:
+    names = []
+    if len(paths) == len(state.scales):
+      for path, s in zip(paths, state.scales):
+        names += ([f'{path}[{i}]' for i in range(s.shape[0])] if s.ndim > 1
+                  else [path])
+    else:
       names = [f'group_{g}' for g in range(num_groups)]
   if len(names) != num_groups:
     raise ValueError(f'Got {len(names)} names for {num_groups} layers.')
-  host = lambda x: np.asarray(jax.device_get(x))
   return ClusterSummary(
-      tuple(names), int(host(state.count)), host(state.scales),
-      host(state.fractions), host(state.centres), host(state.cluster_stats),
-      float(host(state.global_stat)))
+      tuple(names), int(host(state.count)), scales,
+      rows(state.fractions, k), rows(state.centres, k),
+      rows(state.cluster_stats, k), float(host(state.global_stat)),
+      rows(state.refreshes).astype(np.int64))

@@ -29,7 +29,7 @@ def thresholds(centres: jax.Array) -> jax.Array:
   return 0.5 * (centres[..., :-1] + centres[..., 1:])
 
 
-_UNROLL = 8  # up to this many clusters, per-cluster work is unrolled
+UNROLL = 8  # up to this many clusters, per-cluster work is unrolled
 
 
 def assign(x: jax.Array, bounds: Sequence[jax.Array]) -> jax.Array:
@@ -45,7 +45,7 @@ def assign(x: jax.Array, bounds: Sequence[jax.Array]) -> jax.Array:
   Returns:
     ``uint8`` ids in ``[0, K)`` with the shape of ``x``.
   """
-  if len(bounds) >= _UNROLL:
+  if len(bounds) >= UNROLL:
     stacked = jnp.stack(jnp.broadcast_arrays(*bounds), -1)
     return jnp.sum(x[..., None] > stacked, -1, dtype=jnp.uint8)
   ids = jnp.zeros(x.shape, jnp.uint8)

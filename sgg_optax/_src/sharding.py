@@ -2,7 +2,7 @@
 
 SGG's state is laid out for sharding tools: every per-element array (the
 ``uint8`` cluster ids) has its parameter's shape and is sharded like it, and
-every per-layer statistic is one small dense ``(G, K)`` array, replicated.
+every per-layer statistic is a small ``(K,)`` array, replicated.
 The helpers here turn the parameters' partition specs into the specs (or
 :class:`jax.sharding.NamedSharding` objects) of a whole optimizer state, for
 ``jax.jit(..., in_shardings=..., out_shardings=...)``, ``jax.device_put`` and
@@ -66,7 +66,7 @@ def state_partition_specs(
     spec;
   * a leaf of such a tree with another shape (Adafactor's factored row and
     column statistics) gets ``P()``, replicated;
-  * every other leaf (step counts, SGG's ``(G, K)`` statistics, injected
+  * every other leaf (step counts, SGG's per-layer statistics, injected
     hyperparameters) gets ``P()``, replicated;
   * :class:`optax.MaskedNode` placeholders (ungrouped parameters in SGG's
     ``ids``, masked-out parameters) are kept, so the result maps leaf by
@@ -95,7 +95,7 @@ def state_partition_specs(
     >>> tx = optax.chain(optax.scale_by_adam(), sgg_optax.sgg())
     >>> specs = state_partition_specs(tx, params, {'w': P('data'), 'b': P()})
     >>> print(specs[0].mu['w'], specs[1].ids['w'], specs[1].scales)
-    P('data',) P('data',) P()
+    P('data',) P('data',) (P(),)
     >>> print(specs[1].ids['b'])
     MaskedNode()
   """
@@ -118,9 +118,14 @@ def state_partition_specs(
       return leaf
     return spec if leaf.shape == param.shape else PartitionSpec()
 
-  return optax.tree_map_params(
+  specs = optax.tree_map_params(
       init, param_like, abstract, params, specs,
       transform_non_params=lambda _: PartitionSpec(), is_leaf=_is_masked)
+  # A spec may stand for a whole subtree (SGG's per-layer tuples): give
+  # every leaf of the state its own entry.
+  return jax.tree.map(
+      lambda spec, sub: jax.tree.map(lambda _: spec, sub, is_leaf=_is_masked),
+      specs, abstract, is_leaf=_is_masked)
 
 
 def _sgg_ids_flags(state: optax.OptState) -> optax.OptState:

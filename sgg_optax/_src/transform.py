@@ -1,7 +1,8 @@
 """Scaling with Gradient Grouping (SGG) as an optax gradient transformation."""
 
 import dataclasses
-from collections.abc import Callable
+import operator
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -20,30 +21,35 @@ class SGGState(NamedTuple):
   """State of :func:`sgg`.
 
   Per-parameter state is parameter-shaped (it follows the parameter's
-  sharding); per-layer statistics are stacked into dense ``(G, K)`` float32
-  arrays, one row per grouped layer (``G`` layers, ``K`` clusters).
+  sharding). Per-layer statistics are flat tuples with one small float32
+  array per grouped parameter, in tree order: ``(K,)`` for a parameter, or
+  ``(L, K)`` for one that stacks ``L`` layers (``stacked_layers``). A tuple
+  lets XLA compile one kernel for all parameters of a shape, where rows of
+  one stacked array would make every parameter's kernel distinct.
 
   Attributes:
     count: int32 number of updates so far.
     ids: a tree like the parameters: ``uint8`` cluster id of every element of
       a grouped parameter, :class:`optax.MaskedNode` for ungrouped ones (and
       for all of them with ``assignment='dynamic'``, which stores no ids).
-    centres: ``(G, K)`` sorted K-means centres of the clustered statistic.
-    scales: ``(G, K)`` scaling factor of each cluster (1 until the first
-      refresh).
-    cluster_stats: ``(G, K)`` the rule's per-cluster statistic at the last
-      refresh: the MDA :math:`D_{l,c}` (``'mda'``) or the EMA of the cluster
-      means (``'reference'``).
-    fractions: ``(G, K)`` share of the layer's elements in each cluster at the
-      last refresh (estimated on the refresh sample).
+    centres: sorted K-means centres of the clustered statistic.
+    scales: scaling factor of each cluster (1 until the first refresh).
+    cluster_stats: the rule's per-cluster statistic at the last refresh:
+      the MDA :math:`D_{l,c}` (``'mda'``) or the EMA of the cluster means
+      (``'reference'``).
+    fractions: share of the layer's elements in each cluster at the last
+      refresh (estimated on the refresh sample).
+    refreshes: int32 number of refreshes that updated each layer (shape
+      ``()`` or ``(L,)``); 0 means the layer has never been clustered.
     global_stat: float32 model-wide deviation :math:`D` at the last refresh.
   """
   count: jax.Array
   ids: optax.Updates
-  centres: jax.Array
-  scales: jax.Array
-  cluster_stats: jax.Array
-  fractions: jax.Array
+  centres: tuple[jax.Array, ...]
+  scales: tuple[jax.Array, ...]
+  cluster_stats: tuple[jax.Array, ...]
+  fractions: tuple[jax.Array, ...]
+  refreshes: tuple[jax.Array, ...]
   global_stat: jax.Array
 
 
@@ -79,13 +85,20 @@ def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
     raise ValueError(f'`{name}` must be one of {choices}, got {value!r}.')
 
 
-def _check_static_int(name: str, value: Any, low: int, high: int) -> None:
-  if isinstance(value, bool) or not isinstance(value, int):
+def _static_int(name: str, value: Any, low: int, high: int) -> int:
+  """``value`` as an int (anything :func:`operator.index` takes)."""
+  try:
+    if isinstance(value, bool):
+      raise TypeError
+    value = operator.index(value)
+  except TypeError:
     raise ValueError(
-        f'`{name}` must be a Python int (it fixes shapes or loop counts; with '
-        f'optax.inject_hyperparams pass it in static_args), got {value!r}.')
+        f'`{name}` must be an integer (it fixes shapes or loop counts; with '
+        f'optax.inject_hyperparams pass it in static_args), got '
+        f'{value!r}.') from None
   if not low <= value <= high:
     raise ValueError(f'`{name}` must be in [{low}, {high}], got {value}.')
+  return value
 
 
 def _concrete(value: Any) -> float | None:
@@ -100,12 +113,14 @@ def _make_config(num_clusters, recluster_interval, beta3, *, mask,
                  clamp, clamp_order, eps, kmeans_iters, sample_size,
                  assignment, cluster_decay, reference_init) -> _Config:
   """Checks the arguments of :func:`sgg` and :func:`with_sgg`."""
-  _check_static_int('num_clusters', num_clusters, 1, 255)
-  _check_static_int('kmeans_iters', kmeans_iters, 0, 10_000)
-  _check_static_int('sample_size', sample_size, 1, 2**24)
+  num_clusters = _static_int('num_clusters', num_clusters, 1, 255)
+  kmeans_iters = _static_int('kmeans_iters', kmeans_iters, 0, 10_000)
+  sample_size = _static_int('sample_size', sample_size, 1, 2**24)
+  _check_choice('scale_rule', scale_rule, scaling.SCALE_RULES)
+  if cluster_stat is None:  # each rule's own source
+    cluster_stat = 'signed' if scale_rule == 'mda' else 'abs'
   _check_choice('cluster_stat', cluster_stat, CLUSTER_STATS)
   _check_choice('global_stat', global_stat, scaling.GLOBAL_STATS)
-  _check_choice('scale_rule', scale_rule, scaling.SCALE_RULES)
   _check_choice('assignment', assignment, ASSIGNMENTS)
   _check_choice('reference_init', reference_init, REFERENCE_INITS)
   if clamp_order is None:
@@ -144,105 +159,150 @@ def _leaf_flags(spec: MaskOrFn, tree: Any, default: Callable[[Any], bool]
   return jax.tree.leaves(full)
 
 
-def _plan(tree: Any, cfg: _Config) -> list[sampling.LeafLayout | None]:
-  """The layout of each leaf of ``tree``: None when it is not grouped."""
+def layer_layouts(tree: Any, *, mask: MaskOrFn = None,
+                  stacked_layers: MaskOrFn = None, sample_size: int = 4096
+                  ) -> list[sampling.LeafLayout | None]:
+  """The layout of each leaf of ``tree`` (None: not grouped by SGG).
+
+  Takes ``mask``, ``stacked_layers`` and ``sample_size`` as :func:`sgg`
+  does; the grouped leaves are numbered in tree order.
+  """
   leaves = jax.tree.leaves(tree)
   if not leaves:  # e.g. optax.tree.map_params' placeholder
     return []
-  stacked = _leaf_flags(cfg.stacked_layers or None, tree, lambda _: False)
+  stacked = _leaf_flags(stacked_layers or None, tree, lambda _: False)
   it = iter(stacked)
-  grouped = _leaf_flags(cfg.mask, tree, lambda x: x.ndim - next(it) >= 2)
-  layouts, offset = [], 0
+  grouped = _leaf_flags(mask, tree, lambda x: x.ndim - next(it) >= 2)
+  layouts, index, offset = [], 0, 0
   for leaf, group, stack in zip(leaves, grouped, stacked):
     if not group or leaf.size == 0:
       layouts.append(None)
       continue
     if stack and leaf.ndim < 1:
       raise ValueError('`stacked_layers` flags a scalar parameter.')
-    layout = sampling.leaf_layout(leaf.shape, stack, cfg.sample_size, offset)
+    layout = sampling.leaf_layout(leaf.shape, stack, sample_size, index,
+                                  offset)
     layouts.append(layout)
-    offset += layout.rows
+    index, offset = index + 1, offset + layout.rows
   return layouts
+
+
+def _plan(tree: Any, cfg: _Config) -> list[sampling.LeafLayout | None]:
+  return layer_layouts(tree, mask=cfg.mask, stacked_layers=cfg.stacked_layers,
+                       sample_size=cfg.sample_size)
 
 
 def _init(params: optax.Params, cfg: _Config) -> SGGState:
   """A fresh :class:`SGGState`: ids 0, scales 1 (the identity)."""
   leaves, treedef = jax.tree.flatten(params)
   layouts = _plan(params, cfg)
-  num_groups = sum(lay.rows for lay in layouts if lay is not None)
+  lays = [lay for lay in layouts if lay is not None]
   keep_ids = cfg.assignment == 'frozen'
   ids = treedef.unflatten([
       jnp.zeros_like(p, dtype=jnp.uint8) if lay is not None and keep_ids
       else optax.MaskedNode() for p, lay in zip(leaves, layouts)])
-  stats = lambda v: jnp.full((num_groups, cfg.num_clusters), v, jnp.float32)
+  k = (cfg.num_clusters,)
+  if not leaves:
+    # No leaves (e.g. optax.tree_map_params' placeholder): one empty array
+    # per field, a pytree prefix of the tuple that real parameters give.
+    stats = lambda v, dtype=jnp.float32: jnp.zeros((0,), dtype)
+  else:
+    stats = lambda v, dtype=jnp.float32: tuple(
+        jnp.full(lay.batch + (k if dtype == jnp.float32 else ()), v, dtype)
+        for lay in lays)
   return SGGState(
       count=jnp.zeros([], jnp.int32), ids=ids, centres=stats(0.0),
       scales=stats(1.0), cluster_stats=stats(0.0), fractions=stats(0.0),
-      global_stat=jnp.zeros([], jnp.float32))
+      refreshes=stats(0, jnp.int32), global_stat=jnp.zeros([], jnp.float32))
 
 
 class _Refreshed(NamedTuple):
-  """The per-layer statistics after a (possibly skipped) refresh."""
-  centres: jax.Array
-  scales: jax.Array
-  cluster_stats: jax.Array
-  fractions: jax.Array
+  """SGG's per-layer statistics after a (possibly skipped) refresh."""
+  centres: tuple[jax.Array, ...]
+  scales: tuple[jax.Array, ...]
+  cluster_stats: tuple[jax.Array, ...]
+  fractions: tuple[jax.Array, ...]
+  refreshes: tuple[jax.Array, ...]
   global_stat: jax.Array
-  ok: jax.Array  # (G,) bool: the layer was re-clustered this step
+  ok: tuple[jax.Array, ...]  # the layer was re-clustered this step
 
 
-def _refresh(x: jax.Array, weights: jax.Array, state: SGGState,
-             cfg: _Config) -> _Refreshed:
+def _stack(arrays: Sequence[jax.Array], lays) -> jax.Array:
+  """Per-parameter statistics as one ``(G, ...)`` array, one row a layer."""
+  return jnp.concatenate([a.reshape((lay.rows,) + a.shape[len(lay.batch):])
+                          for a, lay in zip(arrays, lays)])
+
+
+def _split(stacked: jax.Array, lays) -> tuple[jax.Array, ...]:
+  """The inverse of :func:`_stack`."""
+  return tuple(stacked[lay.offset:lay.offset + lay.rows].reshape(
+      lay.batch + stacked.shape[1:]) for lay in lays)
+
+
+def _refresh(x: jax.Array, lays, state: SGGState, cfg: _Config
+             ) -> _Refreshed:
   """K-means and new scales from the ``(G, S)`` sample of the statistic."""
-  k = cfg.num_clusters
+  k, f32 = cfg.num_clusters, lambda v: jnp.asarray(v, jnp.float32)
+  centres0, scales0, cstats0, fractions0, refreshes0 = (
+      _stack(a, lays) for a in (state.centres, state.scales,
+                                state.cluster_stats, state.fractions,
+                                state.refreshes))
+  weights = sampling.sample_weights(lays, cfg.sample_size)
   finite = jnp.all(jnp.isfinite(x) | (weights == 0), axis=-1)
   valid = (weights > 0) & finite[:, None]
   x = jnp.where(valid, x, 0.0)
   feat = jnp.abs(x) if cfg.cluster_stat == 'abs' else x
-  first = jnp.all(state.centres == state.centres[:, :1], axis=-1)
+  first = refreshes0 == 0
+  # K-means starts from the quantiles on a layer's first refresh, and again
+  # whenever its centres have collapsed (all equal); else from the last ones.
+  seed = first | jnp.all(centres0 == centres0[:, :1], axis=-1)
   start = jax.lax.cond(
-      jnp.any(first),
-      lambda: jnp.where(first[:, None], kmeans.quantile_init(feat, valid, k),
-                        state.centres),
-      lambda: state.centres)
+      jnp.any(seed),
+      lambda: jnp.where(seed[:, None], kmeans.quantile_init(feat, valid, k),
+                        centres0),
+      lambda: centres0)
   centres = kmeans.kmeans_1d(feat, valid, start, cfg.kmeans_iters)
   ids = kmeans.assign_rows(feat, centres)
   counts = kmeans.cluster_counts(ids, valid, k)
   fractions = counts / jnp.maximum(jnp.sum(counts, -1, keepdims=True), 1.0)
-  common = dict(beta3=cfg.beta3, clamp=cfg.clamp,
-                clamp_before=cfg.clamp_before, eps=cfg.eps)
+  common = dict(beta3=f32(cfg.beta3), clamp=tuple(map(f32, cfg.clamp)),
+                clamp_before=cfg.clamp_before, eps=f32(cfg.eps))
   if cfg.scale_rule == 'mda':
-    new = scaling.mda_rule(x, valid, weights, ids, state.scales,
-                           state.cluster_stats, global_stat=cfg.global_stat,
-                           **common)
+    new = scaling.mda_rule(x, valid, weights, ids, scales0, cstats0,
+                           global_stat=cfg.global_stat, **common)
     global_ok = jnp.isfinite(new.global_stat) & (new.global_stat > 0)
   else:
     new = scaling.reference_rule(
-        x, valid, ids, state.scales, state.cluster_stats, first,
-        cluster_decay=cfg.cluster_decay, ema_init=cfg.reference_init,
+        x, valid, ids, scales0, cstats0, first,
+        cluster_decay=f32(cfg.cluster_decay), ema_init=cfg.reference_init,
         **common)
     global_ok = jnp.bool_(True)
   ok = (finite & jnp.any(valid, -1) & global_ok
         & jnp.all(jnp.isfinite(centres), -1)
         & jnp.all(jnp.isfinite(new.scales), -1))
   pick = lambda a, b: jnp.where(ok[:, None], a, b)
-  return _Refreshed(
-      pick(centres, state.centres), pick(new.scales, state.scales),
-      pick(new.cluster_stats, state.cluster_stats),
-      pick(fractions, state.fractions),
-      jnp.where(global_ok, new.global_stat, state.global_stat), ok)
+  stacked = (pick(centres, centres0), pick(new.scales, scales0),
+             pick(new.cluster_stats, cstats0), pick(fractions, fractions0),
+             refreshes0 + ok, ok)
+  # Materialise the (G, ...) results once before cutting them per layer:
+  # else XLA fuses the refresh's tail into each of the G slices, and the
+  # compile time grows many-fold on trees of many layers.
+  stacked = jax.lax.optimization_barrier(stacked)
+  *per_layer, ok = (_split(a, lays) for a in stacked)
+  glob = jnp.where(global_ok, new.global_stat, state.global_stat)
+  return _Refreshed(*per_layer, glob.astype(jnp.float32), ok)
 
 
 def _kept(state: SGGState) -> _Refreshed:
   return _Refreshed(state.centres, state.scales, state.cluster_stats,
-                    state.fractions, state.global_stat,
-                    jnp.zeros(state.centres.shape[:1], bool))
+                    state.fractions, state.refreshes, state.global_stat,
+                    tuple(jnp.zeros_like(r, bool) for r in state.refreshes))
 
 
-def _rows(a: jax.Array, lay: sampling.LeafLayout, ndim: int) -> jax.Array:
-  """A ``(G,)`` per-layer column broadcast against one parameter."""
-  a = a[lay.offset:lay.offset + lay.rows]
-  return a.reshape((lay.rows,) + (1,) * (ndim - 1)) if lay.rows > 1 else a[0]
+def _per_layer(a: jax.Array, lay: sampling.LeafLayout, ndim: int
+               ) -> jax.Array:
+  """A per-layer value (shape ``lay.batch``) broadcast against a parameter."""
+  return a.reshape(a.shape + (1,) * (ndim - a.ndim))
 
 
 def _leaf_ids(stat: jax.Array, lay: sampling.LeafLayout, centres: jax.Array,
@@ -250,47 +310,50 @@ def _leaf_ids(stat: jax.Array, lay: sampling.LeafLayout, centres: jax.Array,
   """Cluster ids of one parameter's statistic (elementwise, fused)."""
   feat = stat.astype(jnp.promote_types(stat.dtype, jnp.float32))
   feat = jnp.abs(feat) if cfg.cluster_stat == 'abs' else feat
-  bounds = kmeans.thresholds(centres)
-  return kmeans.assign(feat, [_rows(bounds[:, j], lay, stat.ndim)
-                              for j in range(bounds.shape[1])])
+  bounds = kmeans.thresholds(centres).astype(feat.dtype)
+  return kmeans.assign(feat, [_per_layer(bounds[..., j], lay, stat.ndim)
+                              for j in range(bounds.shape[-1])])
+
+
+def _reassigned(stats, ids, lays, new: _Refreshed, cfg: _Config) -> list:
+  """Frozen ids: new ones where a layer was re-clustered, else the old."""
+  return [jnp.where(_per_layer(new.ok[lay.index], lay, old.ndim),
+                    _leaf_ids(s, lay, new.centres[lay.index], cfg), old)
+          for s, old, lay in zip(stats, ids, lays)]
 
 
 def _leaf_scaled(u: jax.Array, ids: jax.Array, lay: sampling.LeafLayout,
                  scales: jax.Array) -> jax.Array:
   """``u * S[ids]`` as a chain of selects (fuses into the update)."""
-  if scales.shape[1] > kmeans._UNROLL:  # pylint: disable=protected-access
-    rows = scales[lay.offset:lay.offset + lay.rows]
-    if lay.rows == 1:
-      return u * jnp.take(rows[0], ids).astype(u.dtype)
-    lookup = jax.vmap(jnp.take)(rows, ids.reshape(lay.rows, -1))
+  if scales.shape[-1] > kmeans.UNROLL:
+    if not lay.stacked:
+      return u * jnp.take(scales, ids).astype(u.dtype)
+    lookup = jax.vmap(jnp.take)(scales, ids.reshape(lay.rows, -1))
     return u * lookup.reshape(u.shape).astype(u.dtype)
-  table = [_rows(scales[:, k], lay, u.ndim) for k in range(scales.shape[1])]
+  table = [_per_layer(scales[..., k], lay, u.ndim)
+           for k in range(scales.shape[-1])]
   scale = table[-1]
   for k in range(len(table) - 2, -1, -1):
     scale = jnp.where(ids == k, table[k], scale)
   return u * scale.astype(u.dtype)
 
 
-def _refreshed(samples: jax.Array, stats: list[jax.Array],
-               ids: list[jax.Array], lays: list[sampling.LeafLayout],
-               state: SGGState, cfg: _Config
-               ) -> tuple[_Refreshed, list[jax.Array]]:
-  """A refresh, and with frozen ids the new id of every element."""
-  new = _refresh(samples, sampling.sample_weights(lays, cfg.sample_size),
-                 state, cfg)
-  ids = [jnp.where(_rows(new.ok, lay, old.ndim),
-                   _leaf_ids(s, lay, new.centres, cfg), old)
-         for s, old, lay in zip(stats, ids, lays)]
-  return new, ids
-
-
 def _apply(updates: optax.Updates, stat: optax.Updates, state: SGGState,
            cfg: _Config) -> tuple[optax.Updates, SGGState]:
   """SGG's update: refresh every ``T`` steps, then scale by cluster.
 
-  The refresh is a ``lax.cond`` on the count whose operands are the small
-  refresh sample and, with frozen ids, the statistic and the ids, which are
-  re-assigned only on refresh steps.
+  The refresh is a ``lax.cond`` on the count that takes the statistic and
+  the ids, and draws the sample, clusters and re-assigns the ids inside, so a
+  step that does not refresh does no refresh work and, sharded, sends
+  nothing. Between refreshes a step reads one ``uint8`` id per element in
+  the select chain that scales the update.
+
+  The statistic is a cond operand, so XLA keeps it in memory: free for the
+  momentum (a state buffer), one update-sized buffer for the chain link. XLA
+  on CPU writes the update out anyway once it has a second reader (the
+  sample's gather or the id re-assignment outside the cond do), and the
+  placement inside the cond is the one that does the least work per step;
+  ``experiments/bench_step.py`` measures both forms.
   """
   count = optax.safe_increment(state.count)
   layouts = _plan(updates, cfg)
@@ -303,24 +366,49 @@ def _apply(updates: optax.Updates, stat: optax.Updates, state: SGGState,
   lays = [layouts[i] for i in group]
   frozen = cfg.assignment == 'frozen'
   stat_g = [stats[i] for i in group]
-  ids_g = [old_ids[i] for i in group] if frozen else []
+
+  def refresh(st, ids):
+    sample = sampling.stack_samples(st, lays, cfg.sample_size, count)
+    new = _refresh(sample, lays, state, cfg)
+    return new, _reassigned(st, ids, lays, new, cfg) if frozen else ids
+
   new, ids_g = jax.lax.cond(
-      count % cfg.recluster_interval == 0,
-      lambda x, st, ids: _refreshed(x, st, ids, lays, state, cfg),
-      lambda x, st, ids: (_kept(state), ids),
-      sampling.stack_samples(stat_g, lays, cfg.sample_size),
-      stat_g if frozen else [], ids_g)
-  ids = dict(zip(group, ids_g))
+      count % cfg.recluster_interval == 0, refresh,
+      lambda st, ids: (_kept(state), ids),
+      stat_g, [old_ids[i] for i in group] if frozen else [])
+  if not frozen:  # dynamic: assign from this step's statistic, store none
+    ids_g = [_leaf_ids(s, lay, new.centres[lay.index], cfg)
+             for s, lay in zip(stat_g, lays)]
   out, new_ids = list(leaves), list(old_ids)
-  for i, lay in zip(group, lays):
+  for i, lay, ids in zip(group, lays, ids_g):
     if frozen:
-      new_ids[i] = ids[i]
-    else:  # dynamic: assign from this step's statistic, store nothing
-      ids[i] = _leaf_ids(stats[i], lay, new.centres, cfg)
-    out[i] = _leaf_scaled(leaves[i], ids[i], lay, new.scales)
+      new_ids[i] = ids
+    out[i] = _leaf_scaled(leaves[i], ids, lay, new.scales[lay.index])
   return treedef.unflatten(out), SGGState(
       count, treedef.unflatten(new_ids), new.centres, new.scales,
-      new.cluster_stats, new.fractions, new.global_stat)
+      new.cluster_stats, new.fractions, new.refreshes, new.global_stat)
+
+
+def _state_field(state: optax.OptState, name: str) -> optax.Updates:
+  """The one field ``name`` of the NamedTuple states nested in ``state``.
+
+  Only state fields match, never dictionary keys: a parameter called
+  ``'mu'`` inside the moments does not.
+  """
+  found = []
+
+  def visit(node):
+    if isinstance(node, tuple) and name in getattr(node, '_fields', ()):
+      found.append(getattr(node, name))
+      return True
+    return False
+
+  jax.tree_util.tree_flatten(state, is_leaf=visit)
+  if len(found) != 1:
+    raise ValueError(
+        f'The wrapped state has {len(found)} fields named {name!r}; pass '
+        '`moment=` naming its first moment (a state field), or moment=None.')
+  return found[0]
 
 
 _COMMON_ARGS_DOC = r"""
@@ -338,7 +426,9 @@ _COMMON_ARGS_DOC = r"""
       (scanned models), in the same forms as ``mask``; each slice then gets
       its own clusters and scales. Default: none.
     cluster_stat: cluster the signed statistic (``'signed'``, the paper's
-      Eq. 5) or its magnitude (``'abs'``, the reference code).
+      Eq. 5) or its magnitude (``'abs'``, the reference code); by default
+      the rule's own source: ``'signed'`` for ``'mda'``, ``'abs'`` for
+      ``'reference'``.
     global_stat: the model-wide deviation of the MDA rule: ``'layer_mean'``
       (median of every element's deviation from its own layer's mean; the
       most literal reading), ``'global_mean'`` (deviation from the model-wide
@@ -353,7 +443,8 @@ _COMMON_ARGS_DOC = r"""
     kmeans_iters: Lloyd iterations per refresh (static), warm-started from
       the previous centres.
     sample_size: values per layer read by the refresh (static): layers up to
-      this size are clustered exactly, larger ones on a fixed strided sample.
+      this size are clustered exactly, larger ones on a stratified random
+      sample redrawn at every refresh (see ``sgg_optax/_src/sampling.py``).
     assignment: ``'frozen'`` stores a ``uint8`` id per element, assigned at
       the refresh and kept until the next one (the paper); ``'dynamic'``
       stores no ids and assigns each element every step from its current
@@ -370,7 +461,7 @@ def sgg(
     *,
     mask: MaskOrFn = None,
     stacked_layers: MaskOrFn = None,
-    cluster_stat: str = 'signed',
+    cluster_stat: str | None = None,
     global_stat: str = 'layer_mean',
     scale_rule: str = 'mda',
     clamp: tuple[float, float] = (0.1, 10.0),
@@ -402,12 +493,16 @@ def sgg(
   optimizer's first moment instead, as the paper does.
 
   Before the first refresh every factor is 1 and the chain equals the base
-  optimizer exactly. The refresh runs on device under ``lax.cond`` on a fixed
-  strided sample of each layer (exact for layers of at most ``sample_size``
-  elements), so it needs no host round trip and never gathers a parameter;
-  between refreshes the only cost is one select per element, fused into the
-  update. If a refresh yields non-finite statistics for a layer (NaN or Inf
-  updates), that layer keeps its previous centres, ids and scales.
+  optimizer exactly. The refresh runs on device under ``lax.cond`` on a
+  random stratified sample of each layer, redrawn at every refresh (exact for
+  layers of at most ``sample_size`` elements), so it needs no host round trip
+  and never gathers a parameter. Between refreshes the cost is one select per
+  element, reading its ``uint8`` id. The refresh takes the update as an
+  operand, so XLA writes the update to memory on every step (one read and
+  one write of an update-sized buffer); :func:`with_sgg`, which clusters the
+  base optimizer's momentum, avoids that. If a refresh yields non-finite
+  statistics for a layer (NaN or Inf updates), that layer keeps its previous
+  centres, ids and scales.
 
   Args:{args}
 
@@ -425,8 +520,8 @@ def sgg(
     >>> grads = {'w': jnp.arange(12.0).reshape(4, 3), 'b': jnp.ones(3)}
     >>> for _ in range(2):
     ...   updates, state = tx.update(grads, state, params)
-    >>> print(state[1].scales.shape, state[1].ids['w'].dtype)
-    (1, 3) uint8
+    >>> print(state[1].scales, state[1].ids['w'].dtype)
+    (Array([0.991, 1.   , 1.   ], dtype=float32),) uint8
 
   References:
     Li et al., `Taming LLMs by Scaling Learning Rates with Gradient Grouping
@@ -459,7 +554,7 @@ def with_sgg(
     moment: str | None = 'mu',
     mask: MaskOrFn = None,
     stacked_layers: MaskOrFn = None,
-    cluster_stat: str = 'signed',
+    cluster_stat: str | None = None,
     global_stat: str = 'layer_mean',
     scale_rule: str = 'mda',
     clamp: tuple[float, float] = (0.1, 10.0),
@@ -478,11 +573,10 @@ def with_sgg(
   update (Algorithm 1 of the paper), read from the wrapped state by field
   name, and the base update is scaled by cluster as in :func:`sgg`.
 
-  It is also the fastest form: the momentum is a buffer of the state, so
-  reading the refresh sample from it costs nothing. Sampling the update
-  instead (:func:`sgg`, or ``moment=None``) makes XLA write the fused update
-  out to memory on every step; on CPU that doubles a plain step's time
-  (``experiments/bench_step.py``).
+  The momentum is a buffer of the state, so the whole refresh (sample,
+  K-means, id re-assignment) sits inside the ``lax.cond``: a step that does
+  not refresh does no refresh work and, sharded, no extra communication.
+  ``moment=None`` clusters the base update instead, like :func:`sgg`.
 
   Args:
     inner: the base transformation, e.g. :func:`optax.scale_by_adam`; its
@@ -490,6 +584,8 @@ def with_sgg(
     moment: name of the state field holding the first moment (``'mu'`` for
       optax's Adam family, ``'trace'`` for :func:`optax.trace`), or None to
       cluster the base update itself: then this is ``chain(inner, sgg())``.
+      Only fields of the wrapped NamedTuple states match, never dictionary
+      keys, so a parameter named like the field is no problem.
 
   Returns:
     An :class:`optax.GradientTransformationExtraArgs` whose state is an
@@ -529,11 +625,7 @@ def with_sgg(
   def update_fn(updates, state, params=None, **extra_args):
     updates, inner_state = inner.update(updates, state.inner_state, params,
                                         **extra_args)
-    stat = updates if moment is None else optax.tree.get(inner_state, moment)
-    if stat is None:
-      raise ValueError(
-          f'The wrapped state has no field {moment!r} to cluster; pass '
-          '`moment=` naming its first moment, or moment=None.')
+    stat = updates if moment is None else _state_field(inner_state, moment)
     updates, sgg_state = _apply(updates, stat, state.sgg_state, cfg)
     return updates, SGGWrapperState(inner_state, sgg_state)
 
