@@ -284,13 +284,25 @@ def _refresh(x: jax.Array, lays, state: SGGState, cfg: _Config
   stacked = (pick(centres, centres0), pick(new.scales, scales0),
              pick(new.cluster_stats, cstats0), pick(fractions, fractions0),
              refreshes0 + ok, ok)
-  # Materialise the (G, ...) results once before cutting them per layer:
-  # else XLA fuses the refresh's tail into each of the G slices, and the
-  # compile time grows many-fold on trees of many layers.
-  stacked = jax.lax.optimization_barrier(stacked)
-  *per_layer, ok = (_split(a, lays) for a in stacked)
+  *per_layer, ok = (_split(a, lays) for a in _materialised(
+      stacked, jnp.all(refreshes0 >= 0)))
   glob = jnp.where(global_ok, new.global_stat, state.global_stat)
   return _Refreshed(*per_layer, glob.astype(jnp.float32), ok)
+
+
+def _materialised(tree: Any, true: jax.Array) -> Any:
+  """``tree``, computed into buffers before anything reads it.
+
+  The refresh's ``(G, ...)`` results are cut into G per-layer arrays. Left to
+  itself, XLA fuses the refresh's tail (medians, clamp, EMA) into each of
+  those G slices and compiles each copy, which multiplies the compile time
+  on models of many layers (``optimization_barrier`` does not stop it on
+  CPU). A ``lax.cond`` on a predicate that is always true but unknown to the
+  compiler (``true``) returns its results in buffers, so each slice is a
+  plain copy.
+  """
+  return jax.lax.cond(true, lambda: tree,
+                      lambda: jax.tree.map(jnp.zeros_like, tree))
 
 
 def _kept(state: SGGState) -> _Refreshed:
