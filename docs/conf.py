@@ -42,6 +42,7 @@ html_math_renderer = 'katex_offline'
 # API reference.
 autosummary_generate = True
 autodoc_typehints = 'description'
+autodoc_typehints_description_target = 'documented_params'
 autodoc_typehints_format = 'short'
 autodoc_member_order = 'bysource'
 autodoc_preserve_defaults = True
