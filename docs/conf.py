@@ -75,6 +75,21 @@ def _skip_namedtuple_fields(app, what, name, obj, skip, options):
   return skip
 
 
+def _short_schedule_type(app, what, name, obj, options, signature,
+                         return_annotation):
+  """Show ``optax.ScalarOrSchedule`` instead of its expanded union."""
+  del what, obj, options, signature, return_annotation
+  document = getattr(app.env, 'current_document', None)
+  store = getattr(document, 'autodoc_annotations', None)
+  if store is None:  # Sphinx < 9
+    store = app.env.temp_data.get('annotations', {})
+  annotations = store.get(name, {})
+  for key, text in list(annotations.items()):
+    if text.startswith('float |') and 'Callable[[' in text:
+      short = 'optax.ScalarOrSchedule'
+      annotations[key] = short + (' | None' if text.endswith('| None') else '')
+
+
 def _check_api_complete(app, env):
   """Every name in ``sgg_optax.__all__`` appears in the API reference."""
   del env
@@ -92,4 +107,6 @@ def _check_api_complete(app, env):
 
 def setup(app):
   app.connect('autodoc-skip-member', _skip_namedtuple_fields)
+  # After autodoc has recorded the type hints (priority 500).
+  app.connect('autodoc-process-signature', _short_schedule_type, priority=900)
   app.connect('env-updated', _check_api_complete)
