@@ -121,3 +121,24 @@ def test_scale_history_finds_raw_ratios_at_the_clamp(monkeypatch):
     [2 / 3, 1.0])
   assert r['sgg_history']['clamped_fraction'] == [0.0, 0.0]
   assert r['raw_clamped_fraction'] == 1.0 and r['sgg_refreshes'] == 2
+
+
+def test_run_cache_needs_this_code_and_this_spec(tmp_path):
+  import json
+
+  from experiments import finetune_run as FRun
+  from experiments import finetune_step as FS
+  from experiments import lora as L
+  from experiments import records
+  spec = FRun.RunSpec('lm', 'lora', FS.OptSettings('adamw'), 1e-3, 0, 10, 2,
+                      16, L.LoRAConfig())
+  path = tmp_path / 'run.json'
+  assert FRun.cached(path, spec) is None
+  run = {'code_key': records.code_key(), 'spec': spec.record(), 'x': 1}
+  path.write_text(json.dumps(run))
+  assert FRun.cached(path, spec) == run
+  other = FRun.RunSpec('lm', 'lora', FS.OptSettings('adamw'), 1e-3, 1, 10, 2,
+                       16, L.LoRAConfig())
+  assert FRun.cached(path, other) is None
+  path.write_text(json.dumps({**run, 'code_key': 'stale'}))
+  assert FRun.cached(path, spec) is None
