@@ -141,7 +141,7 @@ def parser() -> argparse.ArgumentParser:
   a('--methods', type=_list_of(_choice(METHODS)), default=list(METHODS))
   a('--optimizers', type=_list_of(_choice(OPTIMIZERS)),
     default=list(OPTIMIZERS))
-  a('--steps', type=POSITIVE_INT, default=200, help='optimizer steps per run')
+  a('--steps', type=POSITIVE_INT, default=100, help='optimizer steps per run')
   a('--batch-size', type=POSITIVE_INT, default=4, help='lm rows per step')
   a('--seq-len', type=POSITIVE_INT, default=64,
     help='lm tokens predicted per row')
@@ -162,11 +162,7 @@ def parser() -> argparse.ArgumentParser:
   a('--warmup-frac', type=UNIT, default=0.1)
   a('--weight-decay', type=NON_NEGATIVE, default=0.0)
   a('--clip', type=NON_NEGATIVE, default=1.0, help='global-norm clip (0: off)')
-  a('--lora-rank', type=POSITIVE_INT, default=8)
-  a('--lora-alpha', type=POSITIVE, default=16.0)
-  a('--lora-dropout', type=UNIT, default=0.0)
-  a('--lora-targets', type=_lora_targets, default='all',
-    help=f'one of {", ".join(LORA_PRESETS)} or comma-separated projections')
+  _lora_arguments(a)
   _sgg_arguments(a)
   _eval_arguments(a)
   a('--no-zero-shot', dest='zero_shot', action='store_false',
@@ -185,6 +181,14 @@ def parser() -> argparse.ArgumentParser:
     help='CI: the first pretrained block, 4 steps; lm with every method and '
     'optimizer, cls with LoRA and LoRA+SGG')
   return p
+
+
+def _lora_arguments(a) -> None:
+  a('--lora-rank', type=POSITIVE_INT, default=8)
+  a('--lora-alpha', type=POSITIVE, default=16.0)
+  a('--lora-dropout', type=UNIT, default=0.0)
+  a('--lora-targets', type=_lora_targets, default='all',
+    help=f'one of {", ".join(LORA_PRESETS)} or comma-separated projections')
 
 
 def _sgg_arguments(a) -> None:

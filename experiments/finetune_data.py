@@ -33,6 +33,7 @@ PROMPT_TOKENS = 26  # chat template + QUESTION, measured with SmolLM2's BPE
 MIN_ARTICLE_TOKENS = 8
 DEV_FRACTION = 0.1  # lm: of each topic's training articles
 DEV_SEED = 1234
+MIN_EVAL_SPAN = 0.9  # test rows must reach across 90% of the split at least
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +57,13 @@ class EvalSet:
   def topic_counts(self) -> dict[str, int]:
     return {VERBALISER[t]: int((self.topics == t).sum())
             for t in range(len(VERBALISER))}
+
+
+def _check_span(test: EvalSet) -> EvalSet:
+  if test.span < MIN_EVAL_SPAN:
+    raise ValueError(f'The test rows span {test.span:.2f} of the held-out '
+                     f'split (at least {MIN_EVAL_SPAN} wanted).')
+  return test
 
 
 @dataclasses.dataclass(frozen=True)
@@ -191,8 +199,8 @@ def load_lm_data(tok: G.GGUFTokenizer, *, seq_len: int, dev_windows: int,
     train_stream,
     spread_windows(dev_stream, dev_starts, train.labels[dev_idx],
                    dev_windows, seq_len),
-    spread_windows(test_stream, test_starts, test.labels[test_idx],
-                   test_windows, seq_len))
+    _check_span(spread_windows(test_stream, test_starts,
+                               test.labels[test_idx], test_windows, seq_len)))
 
 
 def encode_prompts(texts: Sequence[str], tok: G.GGUFTokenizer, seq_len: int
@@ -272,7 +280,8 @@ def load_cls_data(tok: G.GGUFTokenizer, *, seq_len: int, dev_per_topic: int,
   span = (rank[test_idx].max() - rank[test_idx].min() + 1) / len(test_labels)
   return ClsData(
     train.rows, _cls_set(bbc.train, dev_idx, tok, seq_len, 1.0),
-    _cls_set(bbc.validation, test_idx, tok, seq_len, float(span)),
+    _check_span(_cls_set(bbc.validation, test_idx, tok, seq_len,
+                         float(span))),
     verbaliser_ids(tok))
 
 

@@ -157,9 +157,9 @@ def tokens_per_step(spec: RunSpec) -> int:
 def run(ctx: Context, spec: RunSpec, path: pathlib.Path, *, quiet: bool,
         log_every: int) -> dict[str, Any]:
   """Trains, scores on dev and test, and writes `path` (JSON)."""
-  t0 = time.perf_counter()
+  t0, c0 = time.perf_counter(), time.process_time()
   parts, opt_state, log, sizes = train(ctx, spec, quiet, log_every)
-  train_s = time.perf_counter() - t0
+  train_s, train_cpu = time.perf_counter() - t0, time.process_time() - c0
   result = {
     'name': spec.name, 'task': spec.task, 'method': spec.method,
     'optimizer': spec.opt.name, 'lr': spec.lr, 'seed': spec.seed,
@@ -173,6 +173,10 @@ def run(ctx: Context, spec: RunSpec, path: pathlib.Path, *, quiet: bool,
     **scores(ctx, spec.task, *parts), **log.result(), **sizes,
     'opt_state_leaves': len(jax.tree.leaves(opt_state)),
     'train_seconds': train_s, 'wall_seconds': time.perf_counter() - t0,
+    # CPU time of the process (all cores): on a shared machine, wall time
+    # follows the load, CPU time much less.
+    'train_cpu_seconds': train_cpu,
+    'cpu_seconds': time.process_time() - c0,
     'code_key': records.code_key(),
     'provenance': records.provenance(ctx.command),
   }
