@@ -143,7 +143,7 @@ def parser() -> argparse.ArgumentParser:
     default=list(OPTIMIZERS))
   a('--steps', type=POSITIVE_INT, default=100, help='optimizer steps per run')
   a('--batch-size', type=POSITIVE_INT, default=4, help='lm rows per step')
-  a('--seq-len', type=POSITIVE_INT, default=64,
+  a('--seq-len', type=POSITIVE_INT, default=32,
     help='lm tokens predicted per row')
   a('--cls-batch-size', type=POSITIVE_INT, default=4,
     help='cls prompts per step')
@@ -211,7 +211,7 @@ def _eval_arguments(a) -> None:
   a('--test-windows', type=_at_least(10, 'two per topic'), default=100,
     help='lm test windows, evenly spaced over the held-out split')
   a('--cls-dev-per-topic', type=_number(int, 1, 100, what='in [1, 100]'),
-    default=20, help='cls dev articles per topic (from train)')
+    default=10, help='cls dev articles per topic (from train)')
   a('--cls-test-examples', type=_number(int, 0, 10**6, what='0 or >= 10'),
     default=0, help='cls test articles, spread evenly within each topic '
     '(0: all 209)')
