@@ -1,10 +1,12 @@
 """Step time, compile time and memory of SGG against its base optimizer.
 
 Everything is measured in one process: each optimizer's jitted train step
-(``update`` + ``apply_updates``, parameters and state donated) is compiled,
-warmed up, and then all variants are timed in interleaved rounds so that
-machine load hits them alike. Reported ratios are medians over rounds of the
-per-round ratio to the base optimizer (and the minimum), for:
+(``update`` + ``apply_updates``, parameters and state donated) is compiled
+and warmed up (``--warmup`` calls each, enough for the allocator to settle
+on the large temporaries), and then all variants are timed in interleaved
+rounds so that machine load hits them alike. A round takes the fastest of
+``--calls`` calls of each variant. Reported ratios are medians over rounds
+of the per-round ratio to the base optimizer (and the minimum), for:
 
 * a step that does not re-cluster (``recluster_interval`` never reached),
 * a step that re-clusters (``recluster_interval=1``),
@@ -103,11 +105,12 @@ class Step:
     self.params = jax.tree.map(jnp.copy, params)
     self.state = tx.init(self.params)
     self.grads = grads
-    start = time.perf_counter()
-    lowered = jax.jit(step, donate_argnums=(0, 1)).lower(
-        self.params, self.state, grads)
-    self.compiled = lowered.compile()
-    self.compile_s = time.perf_counter() - start
+    self.compile_s = math.inf  # the fastest of 3 (trace, lower, compile)
+    for _ in range(3):
+      start = time.perf_counter()
+      self.compiled = jax.jit(step, donate_argnums=(0, 1)).lower(
+          self.params, self.state, grads).compile()
+      self.compile_s = min(self.compile_s, time.perf_counter() - start)
     mem = self.compiled.memory_analysis()
     self.memory = None if mem is None else {
         k: int(getattr(mem, k)) for k in (
@@ -115,12 +118,16 @@ class Step:
             'temp_size_in_bytes', 'alias_size_in_bytes',
             'generated_code_size_in_bytes') if hasattr(mem, k)}
 
-  def __call__(self) -> float:
-    start = time.perf_counter()
-    self.params, self.state = self.compiled(self.params, self.state,
-                                            self.grads)
-    jax.block_until_ready(self.params)
-    return time.perf_counter() - start
+  def __call__(self, calls: int = 1) -> float:
+    """The fastest of ``calls`` steps, in seconds."""
+    best = math.inf
+    for _ in range(calls):
+      start = time.perf_counter()
+      self.params, self.state = self.compiled(self.params, self.state,
+                                              self.grads)
+      jax.block_until_ready(self.params)
+      best = min(best, time.perf_counter() - start)
+    return best
 
 
 def _state_bytes(state) -> int:
@@ -149,13 +156,12 @@ def bench_tree(name: str, shapes: dict, args) -> dict:
     steps[(opt, 'plain')] = Step(plain[opt][1](), params, grads)
     if opt != plain[opt][0]:
       steps[(opt, 'refresh')] = Step(refresh[opt][1](), params, grads)
-  for _ in range(args.warmup):
-    for step in steps.values():
-      step()
+  for step in steps.values():
+    step(args.warmup)
   times = {key: [] for key in steps}
   for _ in tqdm(range(args.repeats), desc=f'{name}: rounds', leave=False):
     for key, step in steps.items():
-      times[key].append(step())
+      times[key].append(step(args.calls))
   rows = []
   for opt, (base, _) in plain.items():
     base_t = np.array(times[(base, 'plain')])
@@ -169,6 +175,8 @@ def bench_tree(name: str, shapes: dict, args) -> dict:
         'compile_ratio': (steps[(opt, 'plain')].compile_s
                           / steps[(base, 'plain')].compile_s),
         'memory': steps[(opt, 'plain')].memory,
+        'temp_mib': (steps[(opt, 'plain')].memory or {}).get(
+            'temp_size_in_bytes', 0) / 2**20,
         'state_bytes': _state_bytes(steps[(opt, 'plain')].state),
     }
     extra = row['state_bytes'] - _state_bytes(steps[(base, 'plain')].state)
@@ -188,7 +196,8 @@ def bench_tree(name: str, shapes: dict, args) -> dict:
 def markdown(results: dict) -> str:
   """The results as Markdown tables, one per tree."""
   out = [f"Device: {results['device']}; {results['date']}; "
-         f"{results['repeats']} interleaved rounds, medians of per-round "
+         f"{results['repeats']} interleaved rounds (fastest of "
+         f"{results['calls']} calls each), medians of per-round "
          f"ratios to the base (min in brackets); amortised at "
          f"T={results['recluster_interval']}.", '']
   for tree in results['trees']:
@@ -196,18 +205,20 @@ def markdown(results: dict) -> str:
                f"parameters, {tree['leaves']} leaves")
     out.append('')
     out.append('| optimizer | step (ms) | plain step | refresh step | '
-               'amortised | compile | extra state (B/param) |')
-    out.append('|---|---|---|---|---|---|---|')
+               'amortised | compile | temporaries (MiB) | '
+               'extra state (B/param) |')
+    out.append('|---|---|---|---|---|---|---|---|')
     for r in tree['rows']:
       if r['optimizer'] == r['base']:
         out.append(f"| {r['optimizer']} | {r['step_ms']:.2f} | 1 | | | "
-                   f"{r['compile_s']:.2f} s | |")
+                   f"{r['compile_s']:.2f} s | {r['temp_mib']:.2f} | |")
         continue
       out.append(
           f"| {r['optimizer']} | {r['step_ms']:.2f} | "
           f"{r['plain_ratio']:.3f} ({r['plain_ratio_min']:.3f}) | "
           f"{r['refresh_ratio']:.2f} ({r['refresh_ratio_min']:.2f}) | "
           f"{r['amortised_ratio']:.3f} | {r['compile_ratio']:.2f}x | "
+          f"{r['temp_mib']:.2f} | "
           f"{r['extra_state_bytes_per_grouped_param']:.3f} |")
     out.append('')
   return '\n'.join(out)
@@ -223,7 +234,10 @@ def main(argv=None) -> None:
                       help='parameters per tree')
   parser.add_argument('--repeats', type=int, default=30,
                       help='interleaved timing rounds')
-  parser.add_argument('--warmup', type=int, default=3)
+  parser.add_argument('--warmup', type=int, default=20,
+                      help='untimed calls of each variant before timing')
+  parser.add_argument('--calls', type=int, default=3,
+                      help='calls per variant per round; the fastest counts')
   parser.add_argument('--recluster-interval', type=int, default=500,
                       help='T used for the amortised ratio')
   parser.add_argument('--optimizers', nargs='+', default=None,
@@ -238,7 +252,7 @@ def main(argv=None) -> None:
                       help='tiny trees and few rounds (CI)')
   args = parser.parse_args(argv)
   if args.smoke:
-    args.size, args.repeats, args.warmup = 50_000, 2, 1
+    args.size, args.repeats, args.warmup, args.calls = 50_000, 2, 1, 1
   if args.pin_core is not None:
     os.sched_setaffinity(0, {args.pin_core})
   device = jax.devices()[0]
@@ -248,7 +262,8 @@ def main(argv=None) -> None:
                 f'{len(os.sched_getaffinity(0))} cores usable)',
       'date': datetime.date.today().isoformat(),
       'jax': jax.__version__, 'optax': optax.__version__,
-      'repeats': args.repeats, 'recluster_interval': args.recluster_interval,
+      'repeats': args.repeats, 'calls': args.calls,
+      'recluster_interval': args.recluster_interval,
       'trees': [bench_tree(t, TREES[t](args.size), args) for t in args.trees],
   }
   out = Path(args.out)

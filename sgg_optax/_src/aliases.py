@@ -99,6 +99,8 @@ def adamw_sgg(
     >>> import jax.numpy as jnp, sgg_optax
     >>> opt = sgg_optax.adamw_sgg(1e-3, recluster_interval=100, sgg_eps=1e-6)
     >>> state = opt.init({'w': jnp.zeros((8, 8))})
+    >>> print(sgg_optax.cluster_summary(state).scales)
+    [[1. 1. 1.]]
 
   References:
     Li et al., `Taming LLMs by Scaling Learning Rates with Gradient Grouping
@@ -166,6 +168,8 @@ def lamb_sgg(
     >>> import jax.numpy as jnp, sgg_optax
     >>> opt = sgg_optax.lamb_sgg(1e-3, num_clusters=2)
     >>> state = opt.init({'w': jnp.zeros((8, 8))})
+    >>> print(sgg_optax.cluster_summary(state).scales)
+    [[1. 1.]]
 
   References:
     Li et al., `Taming LLMs by Scaling Learning Rates with Gradient Grouping
@@ -241,6 +245,8 @@ def adafactor_sgg(
     >>> import jax.numpy as jnp, sgg_optax
     >>> opt = sgg_optax.adafactor_sgg(1e-2)
     >>> state = opt.init({'w': jnp.zeros((256, 256))})
+    >>> print(sgg_optax.cluster_summary(state).names)
+    ('w',)
 
   References:
     Li et al., `Taming LLMs by Scaling Learning Rates with Gradient Grouping
@@ -266,4 +272,5 @@ def adafactor_sgg(
 
 
 for _alias in (adamw_sgg, lamb_sgg, adafactor_sgg):
-  _alias.__doc__ = _alias.__doc__.replace('{sgg_args}', _SGG_ARGS_DOC)
+  _alias.__doc__ = (_alias.__doc__ or '').replace('{sgg_args}',
+                                                  _SGG_ARGS_DOC)

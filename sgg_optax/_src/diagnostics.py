@@ -11,7 +11,10 @@ from sgg_optax._src import transform
 
 
 class ClusterSummary(NamedTuple):
-  """Host-side snapshot of one :class:`SGGState`.
+  """Host-side snapshot of one :class:`SGGState` (see :func:`cluster_summary`).
+
+  One row per grouped layer (a stacked parameter gives one row per slice),
+  ``K`` columns. :meth:`scalars` flattens it for metric loggers.
 
   Attributes:
     names: one name per grouped layer (row).
@@ -26,7 +29,7 @@ class ClusterSummary(NamedTuple):
     refreshes: ``(G,)`` refreshes that updated each layer.
   """
   names: tuple[str, ...]
-  count: int
+  count: int  # type: ignore[assignment]  # shadows tuple.count
   scales: np.ndarray
   fractions: np.ndarray
   centres: np.ndarray
@@ -70,6 +73,18 @@ def group_names(params: optax.Params, *, mask: Any = None,
 
   Returns:
     ``G`` names.
+
+  Example:
+    >>> import jax.numpy as jnp, sgg_optax
+    >>> params = {'b': jnp.zeros(3), 'w': jnp.ones((4, 3)),
+    ...           'blocks': jnp.ones((2, 4, 4))}
+    >>> print(sgg_optax.group_names(params, stacked_layers={
+    ...     'b': False, 'w': False, 'blocks': True}))
+    ['blocks[0]', 'blocks[1]', 'w']
+
+  References:
+    Li et al., `Taming LLMs by Scaling Learning Rates with Gradient Grouping
+    <https://arxiv.org/abs/2506.01049>`_, ACL 2025.
   """
   layouts = transform.layer_layouts(params, mask=mask,
                                     stacked_layers=stacked_layers)
@@ -90,7 +105,27 @@ def _unwrap(x: Any) -> Any:
 
 
 def find_sgg_states(opt_state: Any) -> list[transform.SGGState]:
-  """All :class:`SGGState` nested in an optimizer state, in tree order."""
+  """All :class:`SGGState` nested in an optimizer state, in tree order.
+
+  Args:
+    opt_state: any optimizer state (an :func:`optax.chain`'s tuple, an
+      ``nnx.Optimizer``'s ``opt_state``, a tree of partition specs shaped
+      like a state, ...).
+
+  Returns:
+    The :class:`SGGState` nodes, outermost first.
+
+  Example:
+    >>> import jax.numpy as jnp, optax, sgg_optax
+    >>> tx = optax.chain(optax.scale_by_adam(), sgg_optax.sgg())
+    >>> states = sgg_optax.find_sgg_states(tx.init({'w': jnp.ones((4, 3))}))
+    >>> print(len(states), int(states[0].count))
+    1 0
+
+  References:
+    Li et al., `Taming LLMs by Scaling Learning Rates with Gradient Grouping
+    <https://arxiv.org/abs/2506.01049>`_, ACL 2025.
+  """
   found = []
   def visit(x):
     if isinstance(x, transform.SGGState):
@@ -123,6 +158,10 @@ def cluster_summary(opt_state: Any, names: Sequence[str] | None = None
     >>> summary = sgg_optax.cluster_summary(tx.init(params))
     >>> print(summary.names, summary.scales)
     ('w',) [[1. 1. 1.]]
+
+  References:
+    Li et al., `Taming LLMs by Scaling Learning Rates with Gradient Grouping
+    <https://arxiv.org/abs/2506.01049>`_, ACL 2025.
   """
   states = find_sgg_states(opt_state)
   if len(states) != 1:

@@ -53,7 +53,7 @@ class LeafLayout(NamedTuple):
       along ``C``, one run drawn in each cell; ``(0, 0)`` when read whole.
     count: sampled elements per row (``numel`` when read whole).
   """
-  index: int
+  index: int  # type: ignore[assignment]  # shadows tuple.index
   offset: int
   stacked: bool
   rows: int
@@ -61,7 +61,7 @@ class LeafLayout(NamedTuple):
   numel: int
   run: int
   strata: tuple[int, int]
-  count: int
+  count: int  # type: ignore[assignment]  # shadows tuple.count
 
   @property
   def batch(self) -> tuple[int, ...]:

@@ -51,7 +51,7 @@ def mda_rule(x: jax.Array, valid: jax.Array, weights: jax.Array,
   :math:`m` (Li et al., 2025, Eqs. 5-7):
 
   .. math::
-    D_{l,c} = \operatorname{median}_{i \in c} |m_i - \bar m_l|, \qquad
+    D_{l,c} = \operatorname*{median}_{i \in c} |m_i - \bar m_l|, \qquad
     S_{l,c} \leftarrow \beta_3 S_{l,c}
       + (1 - \beta_3)\, \mathrm{clip}\Big(\frac{D}{D_{l,c} + \epsilon},
       0.1, 10\Big),

@@ -90,20 +90,25 @@ def state_partition_specs(
   Example:
     >>> import jax.numpy as jnp, optax, sgg_optax
     >>> from jax.sharding import PartitionSpec as P
-    >>> from sgg_optax._src.sharding import state_partition_specs
     >>> params = {'w': jnp.ones((8, 4)), 'b': jnp.zeros(4)}
     >>> tx = optax.chain(optax.scale_by_adam(), sgg_optax.sgg())
-    >>> specs = state_partition_specs(tx, params, {'w': P('data'), 'b': P()})
+    >>> specs = sgg_optax.state_partition_specs(
+    ...     tx, params, {'w': P('data'), 'b': P()})
     >>> print(specs[0].mu['w'], specs[1].ids['w'], specs[1].scales)
     P('data',) P('data',) (P(),)
     >>> print(specs[1].ids['b'])
     MaskedNode()
+
+  References:
+    Li et al., `Taming LLMs by Scaling Learning Rates with Gradient Grouping
+    <https://arxiv.org/abs/2506.01049>`_, ACL 2025.
   """
   init = _init_fn(tx)
   abstract = jax.eval_shape(init, params)
+  treedef: Any
   flat_params, treedef = jax.tree_util.tree_flatten_with_path(params)
   flat_specs = treedef.flatten_up_to(params_specs)
-  specs = []
+  specs: Any = []
   for (path, p), spec in zip(flat_params, flat_specs):
     spec = _as_spec(spec)
     if len(spec) > p.ndim:
@@ -181,14 +186,18 @@ def state_shardings(
   Example:
     >>> import jax, jax.numpy as jnp, optax, sgg_optax
     >>> from jax.sharding import PartitionSpec as P
-    >>> from sgg_optax._src.sharding import state_shardings
     >>> mesh = jax.make_mesh((1,), ('data',))
     >>> params = {'w': jnp.ones((8, 4))}
     >>> tx = optax.chain(optax.scale_by_adam(), sgg_optax.sgg())
-    >>> shardings = state_shardings(tx, params, {'w': P('data')}, mesh=mesh)
+    >>> shardings = sgg_optax.state_shardings(tx, params, {'w': P('data')},
+    ...                                       mesh=mesh)
     >>> state = jax.jit(tx.init, out_shardings=shardings)(params)
     >>> print(state[1].ids['w'].sharding.spec)
     P('data',)
+
+  References:
+    Li et al., `Taming LLMs by Scaling Learning Rates with Gradient Grouping
+    <https://arxiv.org/abs/2506.01049>`_, ACL 2025.
   """
   if params_shardings is None:
     params_shardings = jax.tree.map(lambda p: getattr(p, 'sharding', None),
@@ -198,7 +207,7 @@ def state_shardings(
               if isinstance(s, NamedSharding)}
     if len(meshes) > 1:
       raise ValueError('The parameters are on several meshes; pass `mesh`.')
-    mesh = meshes.pop() if meshes else jax.sharding.get_mesh()
+    mesh = meshes.pop() if meshes else jax.sharding.get_mesh()  # type: ignore[assignment]
   if mesh is None or mesh.empty:
     raise ValueError(
         'No mesh: pass `mesh`, NamedSharding parameter shardings, or call '
@@ -230,20 +239,23 @@ def ids_to_device(state: optax.OptState) -> optax.OptState:
 
   Example:
     >>> import jax, jax.numpy as jnp, optax, sgg_optax
-    >>> from sgg_optax._src.sharding import ids_to_device, state_shardings
     >>> mesh = jax.make_mesh((1,), ('data',))
     >>> params = {'w': jnp.ones((8, 4))}
     >>> tx = optax.chain(optax.scale_by_adam(), sgg_optax.sgg())
-    >>> shardings = state_shardings(tx, params, {'w': None}, mesh=mesh,
-    ...                             ids_memory_kind='pinned_host')
+    >>> shardings = sgg_optax.state_shardings(
+    ...     tx, params, {'w': None}, mesh=mesh, ids_memory_kind='pinned_host')
     >>> state = jax.jit(tx.init, out_shardings=shardings)(params)
     >>> print(state[1].ids['w'].sharding.memory_kind)
     pinned_host
     >>> @jax.jit
     ... def scaled(state, grads):
-    ...   return tx.update(grads, ids_to_device(state))[0]
+    ...   return tx.update(grads, sgg_optax.ids_to_device(state))[0]
     >>> print(scaled(state, params)['w'].shape)
     (8, 4)
+
+  References:
+    Li et al., `Taming LLMs by Scaling Learning Rates with Gradient Grouping
+    <https://arxiv.org/abs/2506.01049>`_, ACL 2025.
   """
   def visit(node):
     if isinstance(node, transform.SGGState):

@@ -42,8 +42,20 @@ class SGGState(NamedTuple):
     refreshes: int32 number of refreshes that updated each layer (shape
       ``()`` or ``(L,)``); 0 means the layer has never been clustered.
     global_stat: float32 model-wide deviation :math:`D` at the last refresh.
+
+  Example:
+    >>> import jax.numpy as jnp, sgg_optax
+    >>> params = {'w': jnp.ones((4, 3)), 'blocks': jnp.ones((2, 8, 8))}
+    >>> state = sgg_optax.sgg(stacked_layers={'w': False, 'blocks': True}
+    ...                       ).init(params)
+    >>> print([s.shape for s in state.scales], state.ids['w'].dtype)
+    [(2, 3), (3,)] uint8
+
+  References:
+    Li et al., `Taming LLMs by Scaling Learning Rates with Gradient Grouping
+    <https://arxiv.org/abs/2506.01049>`_, ACL 2025.
   """
-  count: jax.Array
+  count: jax.Array  # type: ignore[assignment]  # shadows tuple.count
   ids: optax.Updates
   centres: tuple[jax.Array, ...]
   scales: tuple[jax.Array, ...]
@@ -54,7 +66,12 @@ class SGGState(NamedTuple):
 
 
 class SGGWrapperState(NamedTuple):
-  """State of :func:`with_sgg`: the wrapped optimizer's, then SGG's."""
+  """State of :func:`with_sgg`.
+
+  Attributes:
+    inner_state: the wrapped optimizer's state.
+    sgg_state: SGG's :class:`SGGState`.
+  """
   inner_state: optax.OptState
   sgg_state: SGGState
 
@@ -173,7 +190,8 @@ def layer_layouts(tree: Any, *, mask: MaskOrFn = None,
   stacked = _leaf_flags(stacked_layers or None, tree, lambda _: False)
   it = iter(stacked)
   grouped = _leaf_flags(mask, tree, lambda x: x.ndim - next(it) >= 2)
-  layouts, index, offset = [], 0, 0
+  layouts: list[sampling.LeafLayout | None] = []
+  index = offset = 0
   for leaf, group, stack in zip(leaves, grouped, stacked):
     if not group or leaf.size == 0:
       layouts.append(None)
@@ -194,6 +212,7 @@ def _plan(tree: Any, cfg: _Config) -> list[sampling.LeafLayout | None]:
 
 def _init(params: optax.Params, cfg: _Config) -> SGGState:
   """A fresh :class:`SGGState`: ids 0, scales 1 (the identity)."""
+  treedef: Any
   leaves, treedef = jax.tree.flatten(params)
   layouts = _plan(params, cfg)
   lays = [lay for lay in layouts if lay is not None]
@@ -202,14 +221,15 @@ def _init(params: optax.Params, cfg: _Config) -> SGGState:
       jnp.zeros_like(p, dtype=jnp.uint8) if lay is not None and keep_ids
       else optax.MaskedNode() for p, lay in zip(leaves, layouts)])
   k = (cfg.num_clusters,)
-  if not leaves:
-    # No leaves (e.g. optax.tree_map_params' placeholder): one empty array
-    # per field, a pytree prefix of the tuple that real parameters give.
-    stats = lambda v, dtype=jnp.float32: jnp.zeros((0,), dtype)
-  else:
-    stats = lambda v, dtype=jnp.float32: tuple(
-        jnp.full(lay.batch + (k if dtype == jnp.float32 else ()), v, dtype)
-        for lay in lays)
+
+  def stats(value: float, dtype: Any = jnp.float32) -> Any:
+    if not leaves:
+      # No leaves (e.g. optax.tree_map_params' placeholder): one empty
+      # array, a pytree prefix of the tuple that real parameters give.
+      return jnp.zeros((0,), dtype)
+    shape = k if dtype == jnp.float32 else ()
+    return tuple(jnp.full(lay.batch + shape, value, dtype) for lay in lays)
+
   return SGGState(
       count=jnp.zeros([], jnp.int32), ids=ids, centres=stats(0.0),
       scales=stats(1.0), cluster_stats=stats(0.0), fractions=stats(0.0),
@@ -265,8 +285,9 @@ def _refresh(x: jax.Array, lays, state: SGGState, cfg: _Config
   ids = kmeans.assign_rows(feat, centres)
   counts = kmeans.cluster_counts(ids, valid, k)
   fractions = counts / jnp.maximum(jnp.sum(counts, -1, keepdims=True), 1.0)
-  common = dict(beta3=f32(cfg.beta3), clamp=tuple(map(f32, cfg.clamp)),
-                clamp_before=cfg.clamp_before, eps=f32(cfg.eps))
+  common: dict[str, Any] = dict(
+      beta3=f32(cfg.beta3), clamp=(f32(cfg.clamp[0]), f32(cfg.clamp[1])),
+      clamp_before=cfg.clamp_before, eps=f32(cfg.eps))
   if cfg.scale_rule == 'mda':
     new = scaling.mda_rule(x, valid, weights, ids, scales0, cstats0,
                            global_stat=cfg.global_stat, **common)
@@ -284,10 +305,10 @@ def _refresh(x: jax.Array, lays, state: SGGState, cfg: _Config
   stacked = (pick(centres, centres0), pick(new.scales, scales0),
              pick(new.cluster_stats, cstats0), pick(fractions, fractions0),
              refreshes0 + ok, ok)
-  *per_layer, ok = (_split(a, lays) for a in _materialised(
+  c, s, cs, fr, rf, ok_ = (_split(a, lays) for a in _materialised(
       stacked, jnp.all(refreshes0 >= 0)))
   glob = jnp.where(global_ok, new.global_stat, state.global_stat)
-  return _Refreshed(*per_layer, glob.astype(jnp.float32), ok)
+  return _Refreshed(c, s, cs, fr, rf, glob.astype(jnp.float32), ok_)
 
 
 def _materialised(tree: Any, true: jax.Array) -> Any:
@@ -371,11 +392,12 @@ def _apply(updates: optax.Updates, stat: optax.Updates, state: SGGState,
   layouts = _plan(updates, cfg)
   if not any(lay is not None for lay in layouts):
     return updates, state._replace(count=count)
+  treedef: Any
   leaves, treedef = jax.tree.flatten(updates)
   stats = treedef.flatten_up_to(stat)
   old_ids = treedef.flatten_up_to(state.ids)
   group = [i for i, lay in enumerate(layouts) if lay is not None]
-  lays = [layouts[i] for i in group]
+  lays = [lay for lay in layouts if lay is not None]
   frozen = cfg.assignment == 'frozen'
   stat_g = [stats[i] for i in group]
 
@@ -492,7 +514,7 @@ def sgg(
   to the layer average (MDA) compared with the model-wide one:
 
   .. math::
-    D_{l,c} = \operatorname{median}_{i \in c} |m_i - \bar m_l|, \qquad
+    D_{l,c} = \operatorname*{median}_{i \in c} |m_i - \bar m_l|, \qquad
     S_{l,c} \leftarrow \beta_3 S_{l,c} + (1 - \beta_3)\,
       \mathrm{clip}\Big(\frac{D}{D_{l,c} + \epsilon}, 0.1, 10\Big).
 
@@ -644,5 +666,6 @@ def with_sgg(
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-sgg.__doc__ = sgg.__doc__.replace('{args}', _COMMON_ARGS_DOC)
-with_sgg.__doc__ = with_sgg.__doc__.replace('{args}', _COMMON_ARGS_DOC)
+sgg.__doc__ = (sgg.__doc__ or '').replace('{args}', _COMMON_ARGS_DOC)
+with_sgg.__doc__ = (with_sgg.__doc__ or '').replace('{args}',
+                                                    _COMMON_ARGS_DOC)
