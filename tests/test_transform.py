@@ -46,7 +46,8 @@ def test_matches_numpy_reference_over_three_refreshes(k, cluster_stat,
     if step % 2 == 0:
       ids_list, centres, scales, mdas, glob = ref.refresh(
           [np.asarray(u[n]) for n in grouped], centres, scales, mdas,
-          first=[step == 2] * 2, beta3=0.6, k=k, cluster_stat=cluster_stat, global_stat=global_stat)
+          first=[step == 2] * 2, beta3=0.6, k=k, cluster_stat=cluster_stat,
+          global_stat=global_stat)
       ids = dict(zip(grouped, ids_list))
       np.testing.assert_allclose(state.global_stat, glob, rtol=1e-5)
     np.testing.assert_allclose(rows(state.centres), centres, rtol=1e-5,
