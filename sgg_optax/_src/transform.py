@@ -244,7 +244,6 @@ class _Refreshed(NamedTuple):
   fractions: tuple[jax.Array, ...]
   refreshes: tuple[jax.Array, ...]
   global_stat: jax.Array
-  ok: tuple[jax.Array, ...]  # the layer was re-clustered this step
 
 
 def _stack(arrays: Sequence[jax.Array], lays) -> jax.Array:
@@ -304,11 +303,11 @@ def _refresh(x: jax.Array, lays, state: SGGState, cfg: _Config
   pick = lambda a, b: jnp.where(ok[:, None], a, b)
   stacked = (pick(centres, centres0), pick(new.scales, scales0),
              pick(new.cluster_stats, cstats0), pick(fractions, fractions0),
-             refreshes0 + ok, ok)
-  c, s, cs, fr, rf, ok_ = (_split(a, lays) for a in _materialised(
+             refreshes0 + ok)
+  c, s, cs, fr, rf = (_split(a, lays) for a in _materialised(
       stacked, jnp.all(refreshes0 >= 0)))
   glob = jnp.where(global_ok, new.global_stat, state.global_stat)
-  return _Refreshed(c, s, cs, fr, rf, glob.astype(jnp.float32), ok_)
+  return _Refreshed(c, s, cs, fr, rf, glob.astype(jnp.float32))
 
 
 def _materialised(tree: Any, true: jax.Array) -> Any:
@@ -328,8 +327,7 @@ def _materialised(tree: Any, true: jax.Array) -> Any:
 
 def _kept(state: SGGState) -> _Refreshed:
   return _Refreshed(state.centres, state.scales, state.cluster_stats,
-                    state.fractions, state.refreshes, state.global_stat,
-                    tuple(jnp.zeros_like(r, bool) for r in state.refreshes))
+                    state.fractions, state.refreshes, state.global_stat)
 
 
 def _per_layer(a: jax.Array, lay: sampling.LeafLayout, ndim: int
@@ -348,11 +346,15 @@ def _leaf_ids(stat: jax.Array, lay: sampling.LeafLayout, centres: jax.Array,
                               for j in range(bounds.shape[-1])])
 
 
-def _reassigned(stats, ids, lays, new: _Refreshed, cfg: _Config) -> list:
+def _reassigned(stats, ids, lays, new: _Refreshed, state: SGGState,
+                cfg: _Config) -> list:
   """Frozen ids: new ones where a layer was re-clustered, else the old."""
-  return [jnp.where(_per_layer(new.ok[lay.index], lay, old.ndim),
-                    _leaf_ids(s, lay, new.centres[lay.index], cfg), old)
-          for s, old, lay in zip(stats, ids, lays)]
+  out = []
+  for s, old, lay in zip(stats, ids, lays):
+    done = new.refreshes[lay.index] > state.refreshes[lay.index]
+    out.append(jnp.where(_per_layer(done, lay, old.ndim),
+                         _leaf_ids(s, lay, new.centres[lay.index], cfg), old))
+  return out
 
 
 def _leaf_scaled(u: jax.Array, ids: jax.Array, lay: sampling.LeafLayout,
@@ -404,7 +406,7 @@ def _apply(updates: optax.Updates, stat: optax.Updates, state: SGGState,
   def refresh(st, ids):
     sample = sampling.stack_samples(st, lays, cfg.sample_size, count)
     new = _refresh(sample, lays, state, cfg)
-    return new, _reassigned(st, ids, lays, new, cfg) if frozen else ids
+    return new, _reassigned(st, ids, lays, new, state, cfg) if frozen else ids
 
   new, ids_g = jax.lax.cond(
       count % cfg.recluster_interval == 0, refresh,
