@@ -260,6 +260,8 @@ def test_reference_rule_with_ones_init_decays_uniformly():
     (dict(clamp_order='during'), 'clamp_order'),
     (dict(clamp=(0.0, 10.0)), 'clamp'),
     (dict(clamp=(2.0, 1.0)), 'clamp'),
+    (dict(clamp=(2.0, 10.0)), 'clamp'),  # the scales start at 1
+    (dict(clamp=(0.1, 0.5)), 'clamp'),
     (dict(kmeans_iters=-1), 'kmeans_iters'),
     (dict(sample_size=0), 'sample_size'),
     (dict(eps=-1.0), 'eps'),

@@ -48,7 +48,7 @@ def assign(x: jax.Array, bounds: Sequence[jax.Array]) -> jax.Array:
   if len(bounds) >= UNROLL:
     stacked = jnp.stack(jnp.broadcast_arrays(*bounds), -1)
     return jnp.sum(x[..., None] > stacked, -1, dtype=jnp.uint8)
-  ids = jnp.zeros(x.shape, jnp.uint8)
+  ids = jnp.zeros_like(x, jnp.uint8)  # with x's sharding
   for bound in bounds:
     ids = ids + (x > bound).astype(jnp.uint8)
   return ids

@@ -154,8 +154,11 @@ def _make_config(num_clusters, recluster_interval, beta3, *, mask,
   if len(clamp) != 2:
     raise ValueError(f'`clamp` must be a (low, high) pair, got {clamp!r}.')
   lo, hi = (_concrete(c) for c in clamp)
-  if lo is not None and hi is not None and not 0.0 < lo <= hi:
-    raise ValueError(f'`clamp` must satisfy 0 < low <= high, got {clamp!r}.')
+  if lo is not None and hi is not None and not 0.0 < lo <= 1.0 <= hi:
+    # The scales start at 1 (the identity) and an EMA step, or a cluster
+    # that keeps its scale, can leave them between 1 and a bound.
+    raise ValueError(
+        f'`clamp` must satisfy 0 < low <= 1 <= high, got {clamp!r}.')
   e = _concrete(eps)
   if e is not None and not e >= 0.0:
     raise ValueError(f'`eps` must be >= 0, got {e}.')
@@ -357,12 +360,19 @@ def _reassigned(stats, ids, lays, new: _Refreshed, state: SGGState,
   return out
 
 
+def _lookup(table: jax.Array, ids: jax.Array) -> jax.Array:
+  """``table[ids]``, sharded like ``ids`` (explicit-axes meshes too)."""
+  if jax.sharding.get_abstract_mesh().explicit_axes:
+    return table.at[ids].get(out_sharding=jax.typeof(ids).sharding)
+  return jnp.take(table, ids)
+
+
 def _leaf_scaled(u: jax.Array, ids: jax.Array, lay: sampling.LeafLayout,
                  scales: jax.Array) -> jax.Array:
   """``u * S[ids]`` as a chain of selects (fuses into the update)."""
   if scales.shape[-1] > kmeans.UNROLL:
     if not lay.stacked:
-      return u * jnp.take(scales, ids).astype(u.dtype)
+      return u * _lookup(scales, ids).astype(u.dtype)
     lookup = jax.vmap(jnp.take)(scales, ids.reshape(lay.rows, -1))
     return u * lookup.reshape(u.shape).astype(u.dtype)
   table = [_per_layer(scales[..., k], lay, u.ndim)
@@ -471,7 +481,8 @@ _COMMON_ARGS_DOC = r"""
       mean) or ``'cluster_mdas'`` (median of the per-cluster MDAs).
     scale_rule: ``'mda'`` (the paper) or ``'reference'`` (the public code:
       layer mean of ``|m|`` over an EMA of cluster means).
-    clamp: ``(low, high)`` bounds of the scaling factors.
+    clamp: ``(low, high)`` bounds of the scaling factors, with
+      ``low <= 1 <= high`` (the factors start at 1).
     clamp_order: ``'before'`` the EMA (clamp the raw ratio, the paper's text)
       or ``'after'`` (clamp the scale, the reference code); by default the
       rule's own source.
