@@ -906,10 +906,10 @@ def train(cfg: TrainConfig, *, out: str | os.PathLike[str] | None = None,
       checkpoint of another configuration.
   """
   t_start = time.time()
+  ckpt = (checkpointing.Checkpointer(cfg.ckpt_dir, cfg.ckpt_every, cfg)
+          if cfg.ckpt_dir else None)  # refuses a foreign checkpoint first
   streams = streams if streams is not None else load_streams(cfg)
   mesh = mesh or make_mesh(cfg.mesh)
-  ckpt = (checkpointing.Checkpointer(cfg.ckpt_dir, cfg.ckpt_every, cfg)
-          if cfg.ckpt_dir else None)
   with jax.set_mesh(mesh):
     s = _setup(cfg, mesh, streams)
     restored = ckpt.restore(s.model, s.opt) if ckpt is not None else None
