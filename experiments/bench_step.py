@@ -25,6 +25,7 @@ import json
 import math
 import os
 import platform
+import shlex
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -36,6 +37,7 @@ import optax
 from tqdm import tqdm
 
 import sgg_optax
+from experiments import cli, records
 
 NEVER = 2**30  # a recluster interval no benchmark reaches
 
@@ -105,12 +107,11 @@ class Step:
     self.params = jax.tree.map(jnp.copy, params)
     self.state = tx.init(self.params)
     self.grads = grads
-    self.compile_s = math.inf  # the fastest of 3 (trace, lower, compile)
-    for _ in range(3):
-      start = time.perf_counter()
-      self.compiled = jax.jit(step, donate_argnums=(0, 1)).lower(
-          self.params, self.state, grads).compile()
-      self.compile_s = min(self.compile_s, time.perf_counter() - start)
+    jax.clear_caches()  # time a real compile, not a cache hit
+    start = time.perf_counter()
+    self.compiled = jax.jit(step, donate_argnums=(0, 1)).lower(
+        self.params, self.state, grads).compile()
+    self.compile_s = time.perf_counter() - start
     mem = self.compiled.memory_analysis()
     self.memory = None if mem is None else {
         k: int(getattr(mem, k)) for k in (
@@ -224,53 +225,69 @@ def markdown(results: dict) -> str:
   return '\n'.join(out)
 
 
-def main(argv=None) -> None:
+def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
       description=__doc__.splitlines()[0],
       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
   parser.add_argument('--trees', nargs='+', default=list(TREES),
                       choices=list(TREES))
-  parser.add_argument('--size', type=int, default=16_000_000,
-                      help='parameters per tree')
-  parser.add_argument('--repeats', type=int, default=30,
+  parser.add_argument('--size', type=cli.int_at_least(1000),
+                      default=16_000_000, help='parameters per tree')
+  parser.add_argument('--repeats', type=cli.positive_int, default=30,
                       help='interleaved timing rounds')
-  parser.add_argument('--warmup', type=int, default=20,
+  parser.add_argument('--warmup', type=cli.non_negative_int, default=20,
                       help='untimed calls of each variant before timing')
-  parser.add_argument('--calls', type=int, default=3,
+  parser.add_argument('--calls', type=cli.positive_int, default=3,
                       help='calls per variant per round; the fastest counts')
-  parser.add_argument('--recluster-interval', type=int, default=500,
-                      help='T used for the amortised ratio')
+  parser.add_argument('--recluster-interval', type=cli.positive_int,
+                      default=500, help='T used for the amortised ratio')
   parser.add_argument('--optimizers', nargs='+', default=None,
+                      choices=list(optimizers(1e-3, 1)),
                       help='subset of optimizers to time (their bases are '
                       'added); default all')
-  parser.add_argument('--lr', type=float, default=1e-3)
-  parser.add_argument('--pin-core', type=int, default=None,
+  parser.add_argument('--lr', type=cli.positive_float, default=1e-3)
+  parser.add_argument('--pin-core', type=cli.non_negative_int, default=None,
                       help='pin this process to one CPU core (CPU runs)')
   parser.add_argument('--out', default='runs/bench_step',
-                      help='directory for results.json and results.md')
+                      help='directory for results.json, results.md and '
+                      'COMMAND.txt')
   parser.add_argument('--smoke', action='store_true',
                       help='tiny trees and few rounds (CI)')
+  return parser
+
+
+def main(argv=None) -> None:
+  parser = build_parser()
   args = parser.parse_args(argv)
+  if args.pin_core is not None and args.pin_core not in os.sched_getaffinity(
+      0):
+    parser.error(f'argument --pin-core: core {args.pin_core} is not '
+                 f'available; usable: {sorted(os.sched_getaffinity(0))}')
+  out = Path(args.out)
+  if out.exists() and not out.is_dir():
+    parser.error(f'argument --out: {out} exists and is not a directory')
   if args.smoke:
     args.size, args.repeats, args.warmup, args.calls = 50_000, 2, 1, 1
   if args.pin_core is not None:
     os.sched_setaffinity(0, {args.pin_core})
   device = jax.devices()[0]
+  command = cli.command_line(argv, 'experiments.bench_step')
   results = {
       'device': f'{device.platform}: {device.device_kind} '
                 f'({platform.processor() or platform.machine()}, '
                 f'{len(os.sched_getaffinity(0))} cores usable)',
       'date': datetime.date.today().isoformat(),
       'jax': jax.__version__, 'optax': optax.__version__,
+      'provenance': records.provenance(shlex.split(command)),
       'repeats': args.repeats, 'calls': args.calls,
       'recluster_interval': args.recluster_interval,
       'trees': [bench_tree(t, TREES[t](args.size), args) for t in args.trees],
   }
-  out = Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
   (out / 'results.json').write_text(json.dumps(results, indent=1))
   table = markdown(results)
   (out / 'results.md').write_text(table + '\n')
+  (out / 'COMMAND.txt').write_text(command + '\n')
   print(table)
 
 

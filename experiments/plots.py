@@ -40,7 +40,7 @@ def _smooth(y: np.ndarray, window: int) -> np.ndarray:
 def plot_compare(summary: Mapping[str, Any], runs: Mapping[str, Sequence[
     Mapping[str, Any]]], path: str | pathlib.Path,
                  labels: Mapping[str, str]) -> str:
-  """Training loss and validation perplexity curves, mean ± std over seeds.
+  """Training loss and test perplexity curves, mean ± std over seeds.
 
   Args:
     summary: per optimizer ``{'lr', 'ppl_mean', 'ppl_std', ...}``.
@@ -60,6 +60,7 @@ def plot_compare(summary: Mapping[str, Any], runs: Mapping[str, Sequence[
     s = summary[name]
     label = (f'{labels.get(name, name)} lr={s["lr"]:g}: '
              f'{s["ppl_mean"]:.2f} ± {s["ppl_std"]:.2f}')
+    evals = [r['curves']['test'] for r in ok]
     n = min(len(r['curves']['train']) for r in ok)
     steps = np.array([p[0] for p in ok[0]['curves']['train'][:n]])
     loss = np.array([[p[1] for p in r['curves']['train'][:n]] for r in ok])
@@ -69,10 +70,10 @@ def plot_compare(summary: Mapping[str, Any], runs: Mapping[str, Sequence[
     ax_loss.plot(steps, mean, color=color, label=label, lw=1.3)
     ax_loss.fill_between(steps, mean - std, mean + std, color=color,
                          alpha=0.2)
-    m = min(len(r['curves']['eval']) for r in ok)
+    m = min(len(e) for e in evals)
     if m:
-      esteps = np.array([p[0] for p in ok[0]['curves']['eval'][:m]])
-      ppl = np.array([[p[2] for p in r['curves']['eval'][:m]] for r in ok])
+      esteps = np.array([p[0] for p in evals[0][:m]])
+      ppl = np.array([[p[2] for p in e[:m]] for e in evals], float)
       ax_ppl.errorbar(esteps, ppl.mean(0), yerr=ppl.std(0), color=color,
                       marker='o', ms=3, capsize=2, label=label)
   ax_loss.set(xlabel='step', ylabel='training loss (smoothed)',
@@ -81,8 +82,8 @@ def plot_compare(summary: Mapping[str, Any], runs: Mapping[str, Sequence[
           for rs in runs.values() for r in rs if not r['diverged']]
   if lows:
     ax_loss.set_ylim(min(lows) - 0.2, min(lows) + 2.5)
-  ax_ppl.set(xlabel='step', ylabel='validation perplexity', yscale='log',
-             title='validation perplexity, mean ± std over seeds')
+  ax_ppl.set(xlabel='step', ylabel='test perplexity', yscale='log',
+             title='test perplexity, mean ± std over seeds')
   ax_ppl.legend(fontsize=7)
   ax_loss.legend(fontsize=7)
   return _save(fig, path)
@@ -90,10 +91,11 @@ def plot_compare(summary: Mapping[str, Any], runs: Mapping[str, Sequence[
 
 def plot_lr_sweep(sweep: Mapping[str, Mapping[str, Any]],
                   path: str | pathlib.Path, labels: Mapping[str, str]) -> str:
-  """Final validation perplexity against the learning rate (seed 0 / mean).
+  """Final dev perplexity of the tuning runs against the learning rate.
 
   Args:
-    sweep: per optimizer ``{lr: {'ppl': [..] (None when diverged)}}``.
+    sweep: per optimizer ``{'by_lr': {lr: {'dev_ppl': [..] (None when
+      diverged)}}}`` (pretrain.tune_lr).
     path: PNG path.
     labels: display names.
 
@@ -101,11 +103,12 @@ def plot_lr_sweep(sweep: Mapping[str, Mapping[str, Any]],
     The path written.
   """
   fig, ax = plt.subplots(figsize=(6.5, 4.5))
-  for name, by_lr in sweep.items():
+  for name, tuning in sweep.items():
+    by_lr = tuning['by_lr']
     lrs = sorted(by_lr, key=float)
     x, y, div = [], [], []
     for lr in lrs:
-      ppls = [p for p in by_lr[lr]['ppl'] if p is not None]
+      ppls = [p for p in by_lr[lr]['dev_ppl'] if p is not None]
       if ppls:
         x.append(float(lr))
         y.append(float(np.mean(ppls)))
@@ -116,15 +119,15 @@ def plot_lr_sweep(sweep: Mapping[str, Mapping[str, Any]],
     if div and y:
       ax.scatter(div, [max(y)] * len(div), marker='x', color=color, s=60)
   ax.set(xscale='log', yscale='log', xlabel='peak learning rate',
-         ylabel='final validation perplexity',
-         title='learning-rate sweep (x: diverged)')
+         ylabel='final dev perplexity (tuning runs)',
+         title='learning-rate tuning on dev (x: diverged)')
   ax.legend(fontsize=8)
   return _save(fig, path)
 
 
 def plot_heatmaps(grid: Mapping[str, Any], path: str | pathlib.Path,
                   labels: Mapping[str, str]) -> str:
-  """Final validation loss per (batch size, LR) for each optimizer.
+  """Final test loss per (batch size, LR) for each optimizer.
 
   Args:
     grid: ``{'batch_sizes': [..], 'lrs': [..], 'loss': {opt: 2-D list with
@@ -164,7 +167,7 @@ def plot_heatmaps(grid: Mapping[str, Any], path: str | pathlib.Path,
     ax.set(xlabel='peak learning rate', ylabel='batch size',
            title=labels.get(name, name))
   fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8,
-               label='final validation loss')
+               label='final test loss')
   fig.savefig(pathlib.Path(path), dpi=120, bbox_inches='tight')
   plt.close(fig)
   return str(path)

