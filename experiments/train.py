@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import inspect
 import json
 import logging
 import math
@@ -305,21 +304,14 @@ def normalized_schedule(steps: int, warmup_frac: float,
     decay_steps=max(steps, warmup + 1), end_value=final_frac)
 
 
-def _sgg_kwargs(cfg: TrainConfig, alias: Any) -> dict[str, Any]:
-  """SGG's keyword arguments for one of sgg_optax's aliases.
-
-  SGG's own parameter mask is ``mask`` in the aliases of sgg_optax 0.1 and
-  ``sgg_mask`` once ``mask`` names the weight-decay mask (as in optax):
-  the name is read from the alias's signature.
-  """
+def _sgg_kwargs(cfg: TrainConfig) -> dict[str, Any]:
+  """SGG's keyword arguments for sgg_optax's aliases."""
   kwargs = dict(num_clusters=cfg.num_clusters,
                 recluster_interval=cfg.recluster_interval, beta3=cfg.beta3,
                 scale_rule=cfg.scale_rule, cluster_stat=cfg.cluster_stat,
                 clamp=SGG_CLAMP)
   if cfg.sgg_1d:
-    name = ('sgg_mask' if 'sgg_mask' in inspect.signature(alias).parameters
-            else 'mask')
-    kwargs[name] = lambda params: jax.tree.map(lambda _: True, params)
+    kwargs['sgg_mask'] = lambda params: jax.tree.map(lambda _: True, params)
   return kwargs
 
 
@@ -372,7 +364,7 @@ def build_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
     else:
       base = sgg_optax.adamw_sgg(
         **adam, cluster_momentum=name == 'adam_sgg_momentum',
-        **_sgg_kwargs(cfg, sgg_optax.adamw_sgg))
+        **_sgg_kwargs(cfg))
   else:
     af = dict(learning_rate=schedule, multiply_by_parameter_scale=False,
               clipping_threshold=1.0, decay_rate=0.8,
@@ -382,7 +374,7 @@ def build_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
       base = optax.adafactor(**af)
     else:
       base = sgg_optax.adafactor_sgg(
-        **af, **_sgg_kwargs(cfg, sgg_optax.adafactor_sgg))
+        **af, **_sgg_kwargs(cfg))
   parts = [base, optax.inject_hyperparams(optax.scale)(step_size=1.0)]
   if cfg.clip_norm > 0:
     parts.insert(0, optax.clip_by_global_norm(cfg.clip_norm))
