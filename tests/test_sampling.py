@@ -12,8 +12,8 @@ SIZE = 4096
 
 
 def _sample(x: np.ndarray, lay: sampling.LeafLayout, seed: int) -> np.ndarray:
-  key = jax.random.key(seed)
-  return np.asarray(sampling.sample_leaf(jnp.asarray(x), lay, key))
+  u = jax.random.uniform(jax.random.key(seed), (sampling.cells(lay), 2))
+  return np.asarray(sampling.sample_leaf(jnp.asarray(x), lay, u))
 
 
 @pytest.mark.parametrize('shape,stacked', [

@@ -100,6 +100,13 @@ def test_state_specs_follow_params_wherever_sgg_sits(name):
   raw = optax.tree_map_params(
       tx, lambda x, s: x if _is_masked(x) else s, abstract, _problem.SPECS,
       transform_non_params=lambda _: P(), is_leaf=_is_masked)
+  # optax gives one spec for a whole non-parameter subtree (SGG's per-layer
+  # tuples): one per leaf, to compare leaf by leaf.
+  raw = jax.tree.map(
+      lambda spec, sub: jax.tree.map(lambda _: spec, sub, is_leaf=_is_masked),
+      raw, abstract, is_leaf=_is_masked)
+  assert (jax.tree.structure(raw, is_leaf=_is_masked)
+          == jax.tree.structure(specs, is_leaf=_is_masked))
   for leaf, ours, theirs in zip(jax.tree.leaves(abstract),
                                 jax.tree.leaves(specs),
                                 jax.tree.leaves(raw)):
