@@ -355,8 +355,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   }
   (out / 'soak.json').write_text(json.dumps(result, indent=1))
   plot(out / 'soak.png', rss, times, window,
-       f'soak: {args.steps} steps, {args.form} form, T={args.recluster_interval}'
-       f' ({refreshes} refreshes)')
+       f'soak: {args.steps} steps, {args.form} form, '
+       f'T={args.recluster_interval} ({refreshes} refreshes)')
   verdict = 'PASS' if result['passed'] else 'FAIL'
   print(f'{verdict}: ' + ', '.join(
       f"{k}={'ok' if c['pass'] else 'FAIL'}" for k, c in criteria.items()))
