@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from hypothesis import event, given, settings
+from hypothesis import event, example, given, settings
 from hypothesis import strategies as st
 from jax._src.core import ShardingTypeError  # not exported publicly
 from jax.sharding import AxisType, NamedSharding
@@ -119,36 +119,39 @@ class Case:
   bad: tuple[tuple[int, str], ...]  # (step, kind) of non-finite gradients
 
 
-num_clusters = st.one_of(st.integers(1, 8), st.integers(9, 255))
+# Hypothesis shrinks towards the first option: the simplest case has K=3 and
+# T=3, so even the first (simplest) example clusters and refreshes.
+num_clusters = st.one_of(st.sampled_from((3, 1, 2, 8, 9, 255)),
+                         st.integers(1, 255))
+intervals = st.one_of(st.sampled_from((3, 1, 2, 50)), st.integers(1, 50))
 
 
 @st.composite
-def cases(draw, wrapped: bool, *, x64: bool | None = None,
+def cases(draw, *, x64: bool | None = None,
           leaf_shapes=None, dtypes=('float32', 'bfloat16', 'float16'),
           max_refreshes: int = 2, bad_values: bool = True) -> Case:
   if x64 is None:
     x64 = draw(st.booleans())
   tree = draw(trees(dtypes + (('float64',) if x64 else ()), leaf_shapes))
-  interval = draw(st.integers(1, 50))
-  options = {}
-  if wrapped:
-    mask = draw(st.sampled_from(('default', 'tree', 'callable')))
-    if mask != 'default':
-      options['mask'] = (mask, _flags(draw, tree))
-    if draw(st.booleans()):
-      options['stacked_layers'] = _flags(draw, tree, lambda x: x.shape != (),
-                                         simplest=False)
-    # Clamps that hold the initial scale 1 (see test_clamp_without_one).
-    options['clamp'] = (draw(st.sampled_from((0.1, 0.01, 0.5, 1.0))),
-                        draw(st.sampled_from((10.0, 1.0, 2.0, 100.0))))
-    options['clamp_order'] = draw(st.sampled_from((None, 'before', 'after')))
-    options['scale_rule'] = draw(st.sampled_from(('mda', 'reference')))
-    options['cluster_stat'] = draw(st.sampled_from(('signed', 'abs')))
-    options['global_stat'] = draw(st.sampled_from(
-        ('layer_mean', 'global_mean', 'cluster_mdas')))
-    options['assignment'] = draw(st.sampled_from(('frozen', 'dynamic')))
-    options['kmeans_iters'] = draw(st.integers(0, 3))
-    options['sample_size'] = draw(st.sampled_from((1, 3, 8, 64, 4096)))
+  interval = draw(intervals)
+  options = {}  # used by the WRAPPED forms only
+  mask = draw(st.sampled_from(('default', 'tree', 'callable')))
+  if mask != 'default':
+    options['mask'] = (mask, _flags(draw, tree))
+  if draw(st.booleans()):
+    options['stacked_layers'] = _flags(draw, tree, lambda x: x.shape != (),
+                                       simplest=False)
+  # Clamps that hold the initial scale 1 (see test_clamp_without_one).
+  options['clamp'] = (draw(st.sampled_from((0.1, 0.01, 0.5, 1.0))),
+                      draw(st.sampled_from((10.0, 1.0, 2.0, 100.0))))
+  options['clamp_order'] = draw(st.sampled_from((None, 'before', 'after')))
+  options['scale_rule'] = draw(st.sampled_from(('mda', 'reference')))
+  options['cluster_stat'] = draw(st.sampled_from(('signed', 'abs')))
+  options['global_stat'] = draw(st.sampled_from(
+      ('layer_mean', 'global_mean', 'cluster_mdas')))
+  options['assignment'] = draw(st.sampled_from(('frozen', 'dynamic')))
+  options['kmeans_iters'] = draw(st.sampled_from((2, 0, 1, 3)))
+  options['sample_size'] = draw(st.sampled_from((4096, 1, 3, 8, 64)))
   outer = _flags(draw, tree) if draw(st.booleans()) else None
   steps = interval * draw(st.integers(1, max_refreshes)) + 1
   bad = ()
@@ -161,6 +164,16 @@ def cases(draw, wrapped: bool, *, x64: bool | None = None,
   return Case(tree, x64, draw(num_clusters), interval,
               draw(st.sampled_from((0.0, 0.5, 0.9, 0.99))), options, outer,
               draw(st.integers(0, 2**16)), steps, bad)
+
+
+# Run in every profile besides the drawn examples: every leaf grouped, of
+# each dtype (x64 on), a tight clamp, and NaN/Inf on a refresh step.
+STRONG = Case(
+    tree={'w': Leaf((4, 5), 'bfloat16'), 'b': [Leaf((3, 2), 'float16'), None],
+          'emb': (Leaf((2, 3, 4), 'float64'), Leaf((6, 4), 'float32'))},
+    x64=True, num_clusters=3, interval=3, beta3=0.5,
+    options={'clamp': (0.5, 2.0)}, outer_mask=None, seed=1, steps=7,
+    bad=((3, 'nan'), (5, 'all_inf'), (6, '-inf')))
 
 
 # ------------------------------------------------------------------------------
@@ -201,7 +214,8 @@ def build(form: str, case: Case) -> tuple[optax.GradientTransformation,
   if case.outer_mask is not None:
     tx = optax.masked(tx, case.outer_mask)
     base = optax.masked(base, case.outer_mask)
-  return tx, base, case.options.get('clamp', DEFAULT_CLAMP)
+  return tx, base, (case.options.get('clamp', DEFAULT_CLAMP)
+                    if form in WRAPPED else DEFAULT_CLAMP)
 
 
 def make_params(case: Case) -> Any:
@@ -283,8 +297,9 @@ def _assert_same_updates(u: Any, ref: Any, where: str) -> None:
 
 @_FORMS
 @_examples(1.0)
-@given(data=st.data())
-def test_trajectory_properties(form, data):
+@given(case=cases())
+@example(case=STRONG)
+def test_trajectory_properties(form, case):
   """Along a run of 1 to 2 refreshes (jitted), at every step:
 
   * before the first refresh (steps < T) the updates are bitwise those of
@@ -297,7 +312,6 @@ def test_trajectory_properties(form, data):
 
   and the jitted step compiled once for the whole run.
   """
-  case = data.draw(cases(form in WRAPPED))
   with jax.enable_x64(case.x64):
     params = make_params(case)
     tx, base, clamp = build(form, case)
@@ -327,13 +341,12 @@ def _tolerance(dtype: Any) -> dict[str, float]:
 
 @_FORMS
 @_examples(0.34)
-@given(data=st.data())
-def test_jit_matches_eager(form, data):
+@given(case=cases(max_refreshes=1))
+def test_jit_matches_eager(form, case):
   """``jit(update)`` equals the eager ``update`` (float tolerance of a few
   ulps of each leaf's dtype; integers and cluster ids exactly) on the first
   step, the first refresh step and the step after it, from the same state.
   """
-  case = data.draw(cases(form in WRAPPED, max_refreshes=1))
   with jax.enable_x64(case.x64):
     params = make_params(case)
     tx, _, _ = build(form, case)
@@ -363,9 +376,9 @@ _MESH_SHAPE = (4, 2)
 
 
 @st.composite
-def _sharded_case(draw, wrapped: bool):
+def _sharded_case(draw):
   leaf_shapes = shapes(dims=(4, 8, 2, 1), max_size=128)
-  case = draw(cases(wrapped, x64=False, leaf_shapes=leaf_shapes,
+  case = draw(cases(x64=False, leaf_shapes=leaf_shapes,
                     max_refreshes=1, bad_values=False))
   def spec(leaf):
     axes, free = [], {'data': 4, 'model': 2}
@@ -393,7 +406,7 @@ def test_sharded_state_keeps_its_shardings(form, data):
   the gradients' shardings.
   """
   assert jax.device_count() >= 8, 'conftest.py sets 8 fake CPU devices'
-  case, specs, mode = data.draw(_sharded_case(form in WRAPPED))
+  case, specs, mode = data.draw(_sharded_case())
   mesh = jax.make_mesh(_MESH_SHAPE, ('data', 'model'),
                        axis_types=(mode,) * 2)
   shardings = jax.tree.map(lambda s: NamedSharding(mesh, s), specs,
