@@ -283,9 +283,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
       bar.set_postfix(loss=f'{losses[-1][1]:.3f}', rss=f'{rss[-1][1]:.0f}M',
                       refresh=False)
     if done % args.ckpt_every == 0 or done == args.steps:
+      before = rss_mib()
       ckpt.save(done, params, opt_state)
       check = check_sgg_state(opt_state, args.num_clusters, clamp)
-      checks.append({'step': done, **check})
+      checks.append({'step': done, **check, 'rss_before_mib': before,
+                     'rss_after_mib': rss_mib()})
     if done % args.rss_every == 0 or done == args.steps:
       rss.append((done, rss_mib()))
     bar.update(1)
@@ -301,6 +303,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   after = [(s, m) for s, m in rss if s >= min(args.warmup, args.steps)]
   rss_first, rss_last = after[0][1], after[-1][1]
   rss_growth = rss_last / rss_first - 1.0
+  # Where the growth happens: in the checkpoint saves (and state checks) or
+  # in the training steps between them.
+  in_saves = sum(c['rss_after_mib'] - c['rss_before_mib'] for c in checks
+                 if c['step'] > after[0][0])
+  steps_after, mib_after = np.array(after, dtype=float).T
+  slope = (float(np.polyfit(steps_after, mib_after, 1)[0]) * 1000
+           if len(after) > 1 else 0.0)
   window = min(args.window, max(args.steps - 1, 1))
   t_first = _window_median(times, 1, 1 + window)
   t_last = _window_median(times, args.steps - window, args.steps)
@@ -312,7 +321,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
           'first_mib': rss_first, 'last_mib': rss_last,
           'first_step': after[0][0], 'last_step': after[-1][0],
           'relative_change': rss_growth, 'tolerance': args.rss_tol,
-          'max_mib_after_warmup': max(m for _, m in after)},
+          'max_mib_after_warmup': max(m for _, m in after),
+          'slope_mib_per_1000_steps': slope,
+          'growth_in_checkpoint_saves_mib': in_saves,
+          'growth_between_saves_mib': rss_last - rss_first - in_saves},
       'step_time_stable': {
           'pass': bool(abs(drift) <= args.time_tol),
           'first_window_median_ms': 1e3 * t_first,
