@@ -345,7 +345,7 @@ def _tolerance(dtype: Any) -> dict[str, float]:
 def test_jit_matches_eager(form, case):
   """``jit(update)`` equals the eager ``update`` (float tolerance of a few
   ulps of each leaf's dtype; integers and cluster ids exactly) on the first
-  step, the first refresh step and the step after it, from the same state.
+  refresh step and the plain step after it, from the same state.
   """
   with jax.enable_x64(case.x64):
     params = make_params(case)
@@ -353,7 +353,7 @@ def test_jit_matches_eager(form, case):
     state = tx.init(params)
     _note_grouped(state)
     step = jax.jit(tx.update)
-    compare = {1, case.interval, case.interval + 1}
+    compare = {case.interval, case.interval + 1}
     for t in range(1, case.steps + 1):
       grads = make_grads(case, t)
       out = step(grads, state, params)
@@ -396,7 +396,7 @@ def _sharded_case(draw):
 
 
 @_FORMS
-@_examples(0.5)
+@_examples(0.34)
 @given(data=st.data())
 def test_sharded_state_keeps_its_shardings(form, data):
   """On a 4x2 mesh of fake CPU devices (explicit or auto axes) with the
