@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import pathlib
 import sys
 import time
 from typing import Any
@@ -112,19 +109,3 @@ class RunLog:
     if self.scales is not None:
       out.update(self.scales.result())
     return out
-
-
-def json_default(x: Any) -> Any:
-  if isinstance(x, np.generic | np.ndarray):
-    return np.asarray(x).tolist()
-  if hasattr(x, '__array__'):  # jax arrays
-    return np.asarray(x).tolist()
-  return str(x)
-
-
-def write_json(path: pathlib.Path, obj: Any) -> None:
-  """Writes `obj` atomically (a finished temporary file renamed onto it)."""
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_suffix('.tmp')
-  tmp.write_text(json.dumps(obj, indent=1, default=json_default))
-  os.replace(tmp, path)

@@ -11,7 +11,6 @@ from typing import Any
 
 import numpy as np
 
-from experiments import finetune_log as FL
 from experiments import records
 
 TASKS = ('lm', 'cls')
@@ -140,7 +139,7 @@ def summarize(out: pathlib.Path, runs: list[dict[str, Any]],
   summary = {'groups': groups, 'paired': paired(groups),
              'zero_shot': zero_shot, 'tune_seed': tune_seed,
              'seeds': list(seeds)}
-  FL.write_json(out / 'summary.json', summary)
+  records.write_json(out / 'summary.json', summary)
   (out / 'summary.md').write_text(markdown(summary))
   from experiments import finetune_plots
   for task in {g['task'] for g in groups}:

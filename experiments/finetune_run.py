@@ -47,7 +47,7 @@ class RunSpec:
   def record(self) -> dict[str, Any]:
     """The spec as JSON values (part of the run cache's key)."""
     return json.loads(json.dumps(dataclasses.asdict(self),
-                                 default=FL.json_default))
+                                 default=records.json_default))
 
 
 @dataclasses.dataclass
@@ -182,7 +182,7 @@ def run(ctx: Context, spec: RunSpec, path: pathlib.Path, *, quiet: bool,
   }
   if spec.opt.name == 'adamw_sgg':
     result['sgg_scales'] = _final_scales(opt_state)
-  FL.write_json(path, result)
+  records.write_json(path, result)
   return result
 
 
@@ -219,7 +219,7 @@ def zero_shot(ctx: Context, task: str, precision_name: str,
   result = {'task': task, 'precision': precision_name,
             **scores(ctx, task, *parts), 'code_key': records.code_key(),
             'provenance': records.provenance(ctx.command)}
-  FL.write_json(path, result)
+  records.write_json(path, result)
   return result
 
 

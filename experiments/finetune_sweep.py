@@ -11,8 +11,8 @@ import pathlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from experiments import finetune_log as FL
 from experiments import finetune_report as FR
+from experiments import records
 
 Run = dict[str, Any]
 # get(lr, seed, T, beta3) -> run; T, beta3 None for AdamW.
@@ -145,7 +145,6 @@ class Sweep:
 
 
 def _code_key() -> str:
-  from experiments import records
   return records.code_key()
 
 
@@ -178,7 +177,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     return FR.summarize(out, runs, zero, args.tune_seed, args.seeds)
   out.mkdir(parents=True, exist_ok=True)
   FR.write_command(out, args.command)
-  FL.write_json(out / 'args.json', vars(args))  # every resolved setting
+  records.write_json(out / 'args.json', vars(args))  # every resolved setting
   sweep = Sweep(args)
   print(f'SmolLM2 loaded in {sweep.ctx.bases.load_seconds:.1f} s '
         f'({sweep.ctx.bases.n_layers} layers)', flush=True)

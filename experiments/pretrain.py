@@ -590,7 +590,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _write(out: pathlib.Path, name: str, obj: Any) -> None:
-  train_lib.write_json(out / name, obj)
+  records.write_json(out / name, obj)
 
 
 def write_command(out: pathlib.Path, command: str) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import json
 import os
 import pathlib
 import platform
@@ -160,3 +161,20 @@ def clamped_fraction(scales: Any, clamp: tuple[float, float],
   at = np.isclose(s, lo, rtol=rtol, atol=0) | np.isclose(s, hi, rtol=rtol,
                                                           atol=0)
   return float(np.mean(at))
+
+
+def json_default(x: Any) -> Any:
+  """JSON for NumPy and JAX values (lists, numbers); others as text."""
+  if isinstance(x, np.generic | np.ndarray) or hasattr(x, '__array__'):
+    return np.asarray(x).tolist()
+  return str(x)
+
+
+def write_json(path: str | os.PathLike[str], obj: Any) -> None:
+  """Writes ``obj`` as indented JSON, atomically (a finished temporary file
+  renamed onto ``path``), so a killed run never leaves half a file."""
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_suffix('.tmp')
+  tmp.write_text(json.dumps(obj, indent=1, default=json_default))
+  os.replace(tmp, path)

@@ -863,13 +863,6 @@ def _result(cfg: TrainConfig, s: _Setup, mesh: jax.sharding.Mesh,
   }
 
 
-def write_json(path: str | os.PathLike[str], obj: Any) -> None:
-  """Writes ``obj`` as indented JSON (NumPy values become Python ones)."""
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  path.write_text(json.dumps(obj, indent=1, default=_json_default))
-
-
 def train(cfg: TrainConfig, *, out: str | os.PathLike[str] | None = None,
           progress: bool = True, desc: str | None = None,
           streams: Streams | None = None,
@@ -916,16 +909,8 @@ def train(cfg: TrainConfig, *, out: str | os.PathLike[str] | None = None,
                curves=curves, start=start, wall=time.time() - t_start)
     result = _result(cfg, s, mesh, streams, run, argv)
   if out is not None and jax.process_index() == 0:
-    write_json(out, result)
+    records.write_json(out, result)
   return result
-
-
-def _json_default(x: Any) -> Any:
-  if isinstance(x, (np.floating, np.integer)):
-    return x.item()
-  if isinstance(x, np.ndarray):
-    return x.tolist()
-  return str(x)
 
 
 # ------------------------------------------------------------------------------
