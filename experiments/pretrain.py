@@ -172,19 +172,24 @@ def next_lr(grid: Sequence[float], upward: bool) -> float:
 
 
 def tune_lr(cfg: TrainConfig, runner: Runner, lrs: Sequence[float],
-            seeds: Sequence[int], max_extensions: int
-            ) -> tuple[float, dict[str, Any]]:
+            seeds: Sequence[int], max_extensions: int,
+            final_eval_only: bool = False) -> tuple[float, dict[str, Any]]:
   """The LR of lowest mean dev loss over ``seeds``, extending the grid.
 
   While the best LR is the smallest or the largest tried (and the grid has
   more than one point), the next LR beyond that end (`next_lr`) runs too,
-  at most ``max_extensions`` times per end.
+  at most ``max_extensions`` times per end. With ``final_eval_only`` (tuning
+  seeds that are not reported) the runs evaluate dev and test only at
+  their end: the choice reads only the final dev loss, and no curve of
+  theirs is plotted.
 
   Returns:
     The chosen LR and, per LR tried, the dev/test losses of its runs plus
     ``'lr_at_grid_edge'`` (still at an end after the extensions).
   """
   grid, sweep, extended = sorted(lrs), {}, {True: 0, False: 0}
+  if final_eval_only:
+    cfg = cfg.replace(eval_every=0)
 
   def run(lr: float) -> float:
     results = [runner.run(cfg.replace(lr=lr, seed=s)) for s in seeds]
@@ -266,7 +271,8 @@ def compare(base: TrainConfig, runner: Runner, optimizers: Sequence[str],
   tune_seeds = list(range(seeds)) if tune == 'full' else [tune_seed]
   for opt in optimizers:
     cfg = _recluster(base.replace(optimizer=opt), t_frac)
-    best, sweep[opt] = tune_lr(cfg, runner, lrs, tune_seeds, max_extensions)
+    best, sweep[opt] = tune_lr(cfg, runner, lrs, tune_seeds, max_extensions,
+                               final_eval_only=tune != 'full')
     runs[opt] = [runner.run(cfg.replace(lr=best, seed=s))
                  for s in range(seeds)]
     summary[opt] = _arm_summary(opt, cfg, best, sweep[opt], runs[opt])
@@ -449,7 +455,8 @@ def b2_rows(base: TrainConfig, runner: Runner, lrs: Sequence[float],
   rows = {}
   for opt in ('adam',) if smoke else ('adam', 'adam_sgg'):
     cfg = _recluster(base.replace(optimizer=opt, b2=0.999), t_frac)
-    best, _ = tune_lr(cfg, runner, lrs, [tune_seed], max_extensions)
+    best, _ = tune_lr(cfg, runner, lrs, [tune_seed], max_extensions,
+                      final_eval_only=True)
     cfg = cfg.replace(lr=best)
     rows[f'{LABELS[opt]}, b2=0.999 (own tuned LR)'] = (
       cfg, [runner.run(cfg.replace(seed=s)) for s in range(seeds)])

@@ -87,10 +87,11 @@ class _FakeRunner:
   """Dev loss = (log10 lr - log10 best)^2: a known optimum."""
 
   def __init__(self, best):
-    self.best, self.lrs = best, []
+    self.best, self.lrs, self.eval_every = best, [], set()
 
   def run(self, cfg):
     self.lrs.append(cfg.lr)
+    self.eval_every.add(cfg.eval_every)
     loss = (math.log10(cfg.lr) - math.log10(self.best)) ** 2
     return {'dev_loss': loss, 'dev_ppl': math.exp(loss), 'test_loss': loss,
             'diverged': False}
@@ -112,6 +113,17 @@ def test_an_optimum_at_the_grid_edge_extends_the_grid(optimum, max_ext,
   assert info['lrs'] == pytest.approx(tried)
   assert info['lr_at_grid_edge'] == edge
   assert sorted(runner.lrs) == pytest.approx(tried)
+
+
+@pytest.mark.parametrize('final_eval_only,expected', [(True, {0}),
+                                                      (False, {25})])
+def test_unreported_tuning_runs_evaluate_only_at_their_end(final_eval_only,
+                                                           expected):
+  runner = _FakeRunner(5e-3)
+  pretrain.tune_lr(train.TrainConfig(eval_every=25), runner,
+                   [2.5e-3, 5e-3, 1e-2], [100], 0,
+                   final_eval_only=final_eval_only)
+  assert runner.eval_every == expected
 
 
 def test_next_lr_follows_the_grid_ratio():
