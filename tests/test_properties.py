@@ -281,18 +281,32 @@ def check_sgg_states(opt_state: Any, num_clusters: int,
     assert np.all((s >= lo) & (s <= hi)), (where, clamp, s.min(), s.max())
 
 
-def _assert_same_updates(u: Any, ref: Any, where: str) -> None:
-  """Bitwise equal leaf by leaf, but NaNs: NaN at the same places (any
-  payload or sign; NumPy does not see bfloat16 NaNs as equal)."""
+def _assert_same_updates(u: Any, ref: Any, where: str,
+                         max_ulp: int = 0) -> None:
+  """Equal leaf by leaf to within ``max_ulp`` units in the last place
+  (bitwise for 0), but NaNs: NaN at the same places (any payload or sign;
+  NumPy does not see bfloat16 NaNs as equal)."""
   assert jax.tree.structure(u) == jax.tree.structure(ref), where
   for a, b in zip(_host(u), _host(ref)):
     assert a.dtype == b.dtype and a.shape == b.shape, where
     nan = np.isnan(a.astype(np.float64))
     np.testing.assert_array_equal(nan, np.isnan(b.astype(np.float64)),
                                   err_msg=where)
-    bits_a, bits_b = (np.where(nan, 0, x.view(f'u{x.dtype.itemsize}'))
-                      for x in (a, b))
-    np.testing.assert_array_equal(bits_a, bits_b, err_msg=where)
+    np.testing.assert_array_equal(
+        np.signbit(a.astype(np.float64)) & ~nan,
+        np.signbit(b.astype(np.float64)) & ~nan, err_msg=where)
+    bits_a, bits_b = (np.where(nan, 0, x.view(f'i{x.dtype.itemsize}'))
+                      .astype(np.int64) for x in (a, b))
+    ulps = np.abs(bits_a - bits_b)  # same signs: the distance in ULPs
+    assert ulps.max(initial=0) <= max_ulp, (where, ulps.max(), max_ulp)
+
+
+# LAMB's trust ratio divides two norms (reductions). Compiled into a
+# different program (the SGG step), XLA may fuse and order them differently:
+# the long profile found a 2-ULP difference at a step before any refresh,
+# which the same steps run op by op (jax.disable_jit) do not show. The
+# elementwise forms are compared bitwise.
+_IDENTITY_ULPS = {'lamb_sgg': 4}
 
 
 # ------------------------------------------------------------------------------
@@ -300,15 +314,27 @@ def _assert_same_updates(u: Any, ref: Any, where: str) -> None:
 # ------------------------------------------------------------------------------
 
 
+# Found by the long profile (lamb_sgg: 2 ULPs from optax.lamb at step 2).
+_LAMB_ULPS = Case(
+    tree=Leaf((3, 2, 3), 'float32'), x64=False, num_clusters=3, interval=3,
+    beta3=0.0, options={'clamp': (0.1, 10.0), 'clamp_order': None,
+                        'scale_rule': 'mda', 'cluster_stat': 'signed',
+                        'global_stat': 'layer_mean', 'assignment': 'frozen',
+                        'kmeans_iters': 2, 'sample_size': 4096},
+    outer_mask=None, seed=0, steps=4, bad=())
+
+
 @_FORMS
 @_examples(1.0)
 @given(case=cases())
 @example(case=STRONG)
+@example(case=_LAMB_ULPS)
 def test_trajectory_properties(form, case):
   """Along a run of 1 to 2 refreshes (jitted), at every step:
 
   * before the first refresh (steps < T) the updates are bitwise those of
-    the base optimizer without SGG;
+    the base optimizer without SGG (within 4 ULPs for ``lamb_sgg``, see
+    ``_IDENTITY_ULPS``);
   * the state's tree structure, shapes and dtypes are those of ``init``;
   * the updates have the gradients' structure and dtypes;
   * cluster ids are below K; centres, scales, cluster statistics, fractions
@@ -330,7 +356,8 @@ def test_trajectory_properties(form, case):
       updates, state = step(grads, state, params)
       base_updates, base_state = base_step(grads, base_state, params)
       if t < case.interval:
-        _assert_same_updates(updates, base_updates, where)
+        _assert_same_updates(updates, base_updates, where,
+                             _IDENTITY_ULPS.get(form, 0))
       assert _types(state) == init_types, where
       assert _types(updates) == _types(grads), where
       check_sgg_states(state, case.num_clusters, clamp, where)
