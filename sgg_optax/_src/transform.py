@@ -333,10 +333,18 @@ def _kept(state: SGGState) -> _Refreshed:
                     state.fractions, state.refreshes, state.global_stat)
 
 
-def _per_layer(a: jax.Array, lay: sampling.LeafLayout, ndim: int
+def _per_layer(a: jax.Array, lay: sampling.LeafLayout, like: jax.Array
                ) -> jax.Array:
-  """A per-layer value (shape ``lay.batch``) broadcast against a parameter."""
-  return a.reshape(a.shape + (1,) * (ndim - a.ndim))
+  """A per-layer value (shape ``lay.batch``) broadcast against ``like``, a
+  parameter-shaped array. Under explicit mesh axes a stacked parameter's
+  layer axis may be sharded: the value is then sharded like it (a local
+  slice of a replicated array), as explicit sharding requires."""
+  a = a.reshape(a.shape + (1,) * (like.ndim - a.ndim))
+  if lay.stacked and jax.sharding.get_abstract_mesh().explicit_axes:
+    spec = jax.typeof(like).sharding.spec
+    a = jax.sharding.reshard(a, jax.sharding.PartitionSpec(
+        *spec[:len(lay.batch)]))
+  return a
 
 
 def _leaf_ids(stat: jax.Array, lay: sampling.LeafLayout, centres: jax.Array,
@@ -345,7 +353,7 @@ def _leaf_ids(stat: jax.Array, lay: sampling.LeafLayout, centres: jax.Array,
   feat = stat.astype(jnp.promote_types(stat.dtype, jnp.float32))
   feat = jnp.abs(feat) if cfg.cluster_stat == 'abs' else feat
   bounds = kmeans.thresholds(centres).astype(feat.dtype)
-  return kmeans.assign(feat, [_per_layer(bounds[..., j], lay, stat.ndim)
+  return kmeans.assign(feat, [_per_layer(bounds[..., j], lay, stat)
                               for j in range(bounds.shape[-1])])
 
 
@@ -355,7 +363,7 @@ def _reassigned(stats, ids, lays, new: _Refreshed, state: SGGState,
   out = []
   for s, old, lay in zip(stats, ids, lays):
     done = new.refreshes[lay.index] > state.refreshes[lay.index]
-    out.append(jnp.where(_per_layer(done, lay, old.ndim),
+    out.append(jnp.where(_per_layer(done, lay, old),
                          _leaf_ids(s, lay, new.centres[lay.index], cfg), old))
   return out
 
@@ -370,16 +378,18 @@ def _lookup(table: jax.Array, ids: jax.Array) -> jax.Array:
 def _leaf_scaled(u: jax.Array, ids: jax.Array, lay: sampling.LeafLayout,
                  scales: jax.Array) -> jax.Array:
   """``u * S[ids]`` as a chain of selects (fuses into the update)."""
-  if scales.shape[-1] > kmeans.UNROLL:
+  k = scales.shape[-1]
+  if k > kmeans.UNROLL:
     if not lay.stacked:
       return u * _lookup(scales, ids).astype(u.dtype)
-    lookup = jax.vmap(jnp.take)(scales, ids.reshape(lay.rows, -1))
-    return u * lookup.reshape(u.shape).astype(u.dtype)
-  table = [_per_layer(scales[..., k], lay, u.ndim)
-           for k in range(scales.shape[-1])]
+    # One gather from the flattened (L*K,) table: layer l's ids offset by lK.
+    first = jnp.arange(0, lay.rows * k, k, dtype=jnp.int32).reshape(lay.batch)
+    index = _per_layer(first, lay, ids) + ids.astype(jnp.int32)
+    return u * _lookup(scales.reshape(-1), index).astype(u.dtype)
+  table = [_per_layer(scales[..., j], lay, u) for j in range(k)]
   scale = table[-1]
-  for k in range(len(table) - 2, -1, -1):
-    scale = jnp.where(ids == k, table[k], scale)
+  for j in range(k - 2, -1, -1):
+    scale = jnp.where(ids == j, table[j], scale)
   return u * scale.astype(u.dtype)
 
 
