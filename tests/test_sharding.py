@@ -457,7 +457,7 @@ def test_stacked_layers_sharded_on_the_layer_axis(form, k, assignment, spec):
   params = {'w': jnp.asarray(rng.normal(size=(4, 6, 8)), jnp.float32),
             'v': jnp.asarray(rng.normal(size=(4, 1, 1)), jnp.float32),
             'b': jnp.asarray(rng.normal(size=(8, 6)), jnp.float32)}
-  grads = [jax.tree.map(lambda x: jnp.asarray(  # noqa: B023
+  grads = [jax.tree.map(lambda x: jnp.asarray(
       rng.normal(size=x.shape) * np.linspace(0.1, 3, x.shape[-1]),
       jnp.float32), params) for _ in range(5)]
 
@@ -479,9 +479,8 @@ def test_stacked_layers_sharded_on_the_layer_axis(form, k, assignment, spec):
   with jax.set_mesh(mesh):
     actual, state, step = run(make(), lambda t: jax.device_put(t, shardings))
     assert step._cache_size() == 1
-  np.testing.assert_array_less(0.0, np.abs(rows(state[-1].scales) - 1).max()
-                               if form == 'chain' else
-                               np.abs(rows(state.sgg_state.scales) - 1).max())
+  [sgg_state] = sgg_optax.find_sgg_states(state)
+  assert np.abs(rows(sgg_state.scales) - 1).max() > 0  # the refreshes acted
   for a, e in zip(actual, expected):
     jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-5,
                                    atol=1e-7), a, e)
