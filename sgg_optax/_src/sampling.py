@@ -159,6 +159,21 @@ def sample_leaf(x: jax.Array, layout: LeafLayout, u: jax.Array
   return out.reshape(layout.rows, layout.count)
 
 
+def opaque_ints(values: Sequence[int], true: jax.Array
+                ) -> tuple[jax.Array, ...]:
+  """int32 scalars equal to ``values`` that the compiler cannot fold.
+
+  ``true`` must be true at run time and unknown when compiling. XLA compiles
+  one kernel per distinct fused computation: a kernel that reads layer ``i``
+  at a constant offset differs from every other layer's, while one that
+  reads it at an offset held in a buffer is the same for all layers of a
+  shape, so it is compiled once. The values come out of a ``lax.cond``,
+  whose results are buffers.
+  """
+  return jax.lax.cond(true, lambda: tuple(jnp.int32(int(v)) for v in values),
+                      lambda: tuple(jnp.int32(0) for _ in values))
+
+
 def _replicated(fn):
   """Runs ``fn`` so that its output is replicated on the current mesh.
 
@@ -192,13 +207,19 @@ def stack_samples(stats: Sequence[jax.Array], layouts: Sequence[LeafLayout],
   starts = np.cumsum([0] + [cells(lay) for lay in layouts])
 
   def build(seed, *xs):
-    # One draw for every layer: one random-number kernel to compile.
+    # One draw for every layer: one random-number kernel to compile. Each
+    # layer reads its part at an offset the compiler cannot see, so the
+    # positions and gather of every layer of a layout are one kernel,
+    # compiled once (see ``opaque_ints``).
     u = jax.random.uniform(jax.random.fold_in(jax.random.key(0), seed),
                            (max(int(starts[-1]), 1), 2))
-    rows = [jnp.pad(sample_leaf(x, lay, u[starts[i]:starts[i + 1]]),
+    offsets = opaque_ints(starts[:-1], seed >= 0)
+    rows = [jnp.pad(sample_leaf(x, lay, jax.lax.dynamic_slice_in_dim(
+                        u, offsets[i], cells(lay))),
                     ((0, 0), (0, sample_size - lay.count)))
             for i, (x, lay) in enumerate(zip(xs, layouts))]
     return jnp.concatenate(rows, axis=0)
+
   return _replicated(build)(seed, *stats)
 
 

@@ -255,10 +255,12 @@ def _stack(arrays: Sequence[jax.Array], lays) -> jax.Array:
                           for a, lay in zip(arrays, lays)])
 
 
-def _split(stacked: jax.Array, lays) -> tuple[jax.Array, ...]:
-  """The inverse of :func:`_stack`."""
-  return tuple(stacked[lay.offset:lay.offset + lay.rows].reshape(
-      lay.batch + stacked.shape[1:]) for lay in lays)
+def _split(stacked: jax.Array, lays, offsets) -> tuple[jax.Array, ...]:
+  """The inverse of :func:`_stack`; ``offsets`` are the layers' first rows,
+  as :func:`sampling.opaque_ints`."""
+  return tuple(jax.lax.dynamic_slice_in_dim(
+      stacked, offsets[i], lay.rows).reshape(lay.batch + stacked.shape[1:])
+               for i, lay in enumerate(lays))
 
 
 def _refresh(x: jax.Array, lays, state: SGGState, cfg: _Config
@@ -307,8 +309,10 @@ def _refresh(x: jax.Array, lays, state: SGGState, cfg: _Config
   stacked = (pick(centres, centres0), pick(new.scales, scales0),
              pick(new.cluster_stats, cstats0), pick(fractions, fractions0),
              refreshes0 + ok)
-  c, s, cs, fr, rf = (_split(a, lays) for a in _materialised(
-      stacked, jnp.all(refreshes0 >= 0)))
+  true = jnp.all(refreshes0 >= 0)
+  offsets = sampling.opaque_ints([lay.offset for lay in lays], true)
+  c, s, cs, fr, rf = (_split(a, lays, offsets)
+                      for a in _materialised(stacked, true))
   glob = jnp.where(global_ok, new.global_stat, state.global_stat)
   return _Refreshed(c, s, cs, fr, rf, glob.astype(jnp.float32))
 
@@ -318,11 +322,11 @@ def _materialised(tree: Any, true: jax.Array) -> Any:
 
   The refresh's ``(G, ...)`` results are cut into G per-layer arrays. Left to
   itself, XLA fuses the refresh's tail (medians, clamp, EMA) into each of
-  those G slices and compiles each copy, which multiplies the compile time
-  on models of many layers (``optimization_barrier`` does not stop it on
-  CPU). A ``lax.cond`` on a predicate that is always true but unknown to the
-  compiler (``true``) returns its results in buffers, so each slice is a
-  plain copy.
+  those G slices (``optimization_barrier`` does not stop it on CPU). A
+  ``lax.cond`` on a predicate that is always true but unknown to the
+  compiler (``true``) returns its results in buffers, so each slice only
+  reads its rows (at an offset in a buffer too, so that all the slices of a
+  shape are one kernel; see :func:`sampling.opaque_ints`).
   """
   return jax.lax.cond(true, lambda: tree,
                       lambda: jax.tree.map(jnp.zeros_like, tree))
