@@ -18,7 +18,7 @@ numbers:
   parameters and optimizer state bit for bit;
 * ``loss_finite``: every sampled training loss is finite.
 
-Run (about an hour on one shared CPU core; see ``--help``)::
+Run (about 10 minutes on one core of the 2-core machine; see ``--help``)::
 
   nice -n 10 python -m experiments.soak --out runs/soak
 
@@ -47,9 +47,9 @@ from flax import nnx
 from tqdm import tqdm
 
 import sgg_optax
+from experiments import cli, records
 from experiments import data as data_lib
 from experiments import model as model_lib
-from experiments import records
 
 
 def rss_mib() -> float:
@@ -189,49 +189,58 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
       prog='python -m experiments.soak',
       description=__doc__.split('\n\n')[0],
       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-  p.add_argument('--steps', type=int, default=20_000, help='optimizer steps')
+  pos, frac = cli.positive_int, cli.float_in(0.0, low_open=True)
+  p.add_argument('--steps', type=pos, default=20_000, help='optimizer steps')
   p.add_argument('--form', choices=('momentum', 'chain'), default='momentum',
                  help="SGG clusters Adam's momentum (with_sgg) or its "
                  'update (sgg in a chain)')
-  p.add_argument('--recluster-interval', type=int, default=10,
+  p.add_argument('--recluster-interval', type=pos, default=10,
                  help="SGG's T")
-  p.add_argument('--num-clusters', type=int, default=3, help="SGG's K")
-  p.add_argument('--beta3', type=float, default=0.99, help="SGG's beta3")
-  p.add_argument('--clamp', type=float, nargs=2, default=(0.1, 10.0),
+  p.add_argument('--num-clusters', type=cli.int_at_least(1),
+                 default=3, help="SGG's K")
+  p.add_argument('--beta3', type=cli.decay, default=0.99, help="SGG's beta3")
+  p.add_argument('--clamp', type=frac, nargs=2, default=(0.1, 10.0),
                  metavar=('LOW', 'HIGH'), help="SGG's scale clamp")
-  p.add_argument('--b1', type=float, default=0.9)
-  p.add_argument('--b2', type=float, default=0.95)
-  p.add_argument('--lr', type=float, default=1e-3)
-  p.add_argument('--preset', default='tiny', help='experiments.model preset')
+  p.add_argument('--b1', type=cli.decay, default=0.9)
+  p.add_argument('--b2', type=cli.decay, default=0.95)
+  p.add_argument('--lr', type=frac, default=1e-3)
+  p.add_argument('--preset', choices=tuple(model_lib.PRESETS), default='tiny',
+                 help='experiments.model preset')
   p.add_argument('--tokenizer', choices=('bpe', 'bytes'), default='bpe')
-  p.add_argument('--vocab-size', type=int, default=4096,
+  p.add_argument('--vocab-size', type=cli.int_at_least(258), default=4096,
                  help='BPE vocabulary size')
-  p.add_argument('--corpus', default='bbc_news')
-  p.add_argument('--batch-size', type=int, default=4)
-  p.add_argument('--seq-len', type=int, default=64)
-  p.add_argument('--seed', type=int, default=0)
-  p.add_argument('--ckpt-every', type=int, default=1000,
+  p.add_argument('--corpus', choices=data_lib.corpus_names(),
+                 default='bbc_news')
+  p.add_argument('--batch-size', type=pos, default=4)
+  p.add_argument('--seq-len', type=pos, default=64)
+  p.add_argument('--seed', type=cli.non_negative_int, default=0)
+  p.add_argument('--ckpt-every', type=pos, default=1000,
                  help='checkpoint (and state check) period in steps')
-  p.add_argument('--max-to-keep', type=int, default=2,
+  p.add_argument('--max-to-keep', type=pos, default=2,
                  help='checkpoints kept on disk')
-  p.add_argument('--rss-every', type=int, default=100,
+  p.add_argument('--rss-every', type=pos, default=100,
                  help='RSS sampling period in steps')
-  p.add_argument('--window', type=int, default=1000,
+  p.add_argument('--window', type=pos, default=1000,
                  help='steps in the first and last step-time windows')
-  p.add_argument('--warmup', type=int, default=1000,
+  p.add_argument('--warmup', type=cli.non_negative_int, default=1000,
                  help='steps before the first RSS sample that counts')
-  p.add_argument('--rss-tol', type=float, default=0.05,
+  p.add_argument('--rss-tol', type=cli.non_negative_float, default=0.05,
                  help='allowed relative RSS growth after warm-up')
-  p.add_argument('--time-tol', type=float, default=0.10,
+  p.add_argument('--time-tol', type=cli.non_negative_float, default=0.10,
                  help='allowed relative change of the median step time')
-  p.add_argument('--loss-every', type=int, default=100,
+  p.add_argument('--loss-every', type=pos, default=100,
                  help='training-loss readback period in steps')
   p.add_argument('--out', default='runs/soak', help='output directory')
   p.add_argument('--no-progress', action='store_true',
                  help='no progress bar')
   args = p.parse_args(argv)
-  if args.steps < 1 or args.recluster_interval < 1 or args.ckpt_every < 1:
-    p.error('--steps, --recluster-interval and --ckpt-every must be >= 1')
+  if args.num_clusters > 255:
+    p.error(f'argument --num-clusters: must be at most 255, got '
+            f'{args.num_clusters}')
+  low, high = args.clamp
+  if not low <= 1.0 <= high:
+    p.error(f'argument --clamp: must satisfy LOW <= 1 <= HIGH, got '
+            f'{low:g} {high:g}')
   return args
 
 

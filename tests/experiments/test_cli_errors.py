@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 import pytest
 
-from experiments import bench_step, checkpointing, data, pretrain, train
+from experiments import bench_step, checkpointing, data, pretrain, soak, train
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -63,6 +63,21 @@ BENCH_CASES = [
   (['--pin-core', '4096'], '--pin-core: core 4096 is not available'),
 ]
 
+SOAK_CASES = [
+  (['--steps', '0'], '--steps: must be a positive integer'),
+  (['--recluster-interval', '-1'], '--recluster-interval: must be a positive'),
+  (['--ckpt-every', '0'], '--ckpt-every: must be a positive integer'),
+  (['--num-clusters', '300'], '--num-clusters: must be at most 255'),
+  (['--beta3', '1'], '--beta3: must be in [0, 1)'),
+  (['--lr', 'nan'], '--lr: must be finite'),
+  (['--clamp', '2', '10'], '--clamp: must satisfy LOW <= 1 <= HIGH'),
+  (['--clamp', '0', '10'], '--clamp: must be in (0, inf)'),
+  (['--preset', 'huge'], "--preset: invalid choice: 'huge'"),
+  (['--corpus', 'nope'], "--corpus: invalid choice: 'nope'"),
+  (['--vocab-size', '100'], '--vocab-size: must be an integer >= 258'),
+  (['--rss-tol', '-0.1'], '--rss-tol: must be in [0, inf)'),
+]
+
 
 def _assert_usage_error(err: str, expected: str) -> None:
   lines = [line for line in err.splitlines() if ': error: ' in line]
@@ -100,6 +115,14 @@ def test_pretrain_rejects(argv, expected, tmp_path, capsys):
 def test_bench_step_rejects(argv, expected, tmp_path, capsys):
   out = tmp_path / 'out'
   err = _in_process(bench_step.main, argv + ['--out', str(out)], capsys)
+  _assert_usage_error(err, 'argument ' + expected)
+  assert not out.exists()
+
+
+@pytest.mark.parametrize('argv,expected', SOAK_CASES)
+def test_soak_rejects(argv, expected, tmp_path, capsys):
+  out = tmp_path / 'out'
+  err = _in_process(soak.main, argv + ['--out', str(out)], capsys)
   _assert_usage_error(err, 'argument ' + expected)
   assert not out.exists()
 
