@@ -103,26 +103,19 @@ def test_train_rejects(argv, expected, tmp_path, capsys):
   assert out.read_text() == 'keep'
 
 
-@pytest.mark.parametrize('argv,expected', PRETRAIN_CASES)
-def test_pretrain_rejects(argv, expected, tmp_path, capsys):
+# Scripts whose --out is a folder that a rejected command must not create.
+FOLDER_SCRIPT_CASES = [
+  pytest.param(main, argv, expected, id=f'{name}-{argv[0]}-{i}')
+  for name, main, cases in (('pretrain', pretrain.main, PRETRAIN_CASES),
+                            ('bench_step', bench_step.main, BENCH_CASES),
+                            ('soak', soak.main, SOAK_CASES))
+  for i, (argv, expected) in enumerate(cases)]
+
+
+@pytest.mark.parametrize('main,argv,expected', FOLDER_SCRIPT_CASES)
+def test_script_rejects(main, argv, expected, tmp_path, capsys):
   out = tmp_path / 'out'
-  err = _in_process(pretrain.main, argv + ['--out', str(out)], capsys)
-  _assert_usage_error(err, 'argument ' + expected)
-  assert not out.exists()
-
-
-@pytest.mark.parametrize('argv,expected', BENCH_CASES)
-def test_bench_step_rejects(argv, expected, tmp_path, capsys):
-  out = tmp_path / 'out'
-  err = _in_process(bench_step.main, argv + ['--out', str(out)], capsys)
-  _assert_usage_error(err, 'argument ' + expected)
-  assert not out.exists()
-
-
-@pytest.mark.parametrize('argv,expected', SOAK_CASES)
-def test_soak_rejects(argv, expected, tmp_path, capsys):
-  out = tmp_path / 'out'
-  err = _in_process(soak.main, argv + ['--out', str(out)], capsys)
+  err = _in_process(main, argv + ['--out', str(out)], capsys)
   _assert_usage_error(err, 'argument ' + expected)
   assert not out.exists()
 
