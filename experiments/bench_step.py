@@ -201,6 +201,10 @@ def markdown(results: dict) -> str:
          f"{results['calls']} calls each), medians of per-round "
          f"ratios to the base (min in brackets); amortised at "
          f"T={results['recluster_interval']}.", '']
+  env = results['provenance'].get('environment')
+  if env:
+    out[-1:-1] = ['Environment: ' + ', '.join(f'`{k}={v}`'
+                                              for k, v in env.items()) + '.']
   for tree in results['trees']:
     out.append(f"**{tree['tree']}** tree: {tree['params'] / 1e6:.1f}M "
                f"parameters, {tree['leaves']} leaves")
@@ -287,7 +291,9 @@ def main(argv=None) -> None:
   (out / 'results.json').write_text(json.dumps(results, indent=1))
   table = markdown(results)
   (out / 'results.md').write_text(table + '\n')
-  (out / 'COMMAND.txt').write_text(command + '\n')
+  env = ''.join(f'{k}={shlex.quote(v)} '
+                for k, v in records.environment().items())
+  (out / 'COMMAND.txt').write_text(env + command + '\n')
   print(table)
 
 

@@ -104,6 +104,17 @@ def device() -> dict[str, Any]:
   }
 
 
+# Environment variables that change what XLA compiles or how fast it runs
+# (the host allocator's, too: see the README's performance section).
+_ENV = ('XLA_FLAGS', 'GLIBC_TUNABLES', 'LD_PRELOAD', 'MALLOC_ARENA_MAX')
+
+
+def environment() -> dict[str, str]:
+  """The set ones of :data:`_ENV` and every ``JAX_*`` variable."""
+  return {k: v for k, v in sorted(os.environ.items())
+          if k in _ENV or k.startswith('JAX_')}
+
+
 def provenance(argv: Sequence[str] | None = None) -> dict[str, Any]:
   """The ``'provenance'`` record of a run JSON.
 
@@ -114,7 +125,7 @@ def provenance(argv: Sequence[str] | None = None) -> dict[str, Any]:
   Returns:
     ``git_commit``, ``dirty`` (False for results fit to commit), ``command``,
     ``sgg_optax_source_sha256``, ``experiments_source_sha256``,
-    ``versions`` and ``device``.
+    ``versions``, ``device`` and ``environment`` (:func:`environment`).
   """
   if argv is None:
     argv = sys.argv
@@ -134,6 +145,7 @@ def provenance(argv: Sequence[str] | None = None) -> dict[str, Any]:
       'experiments_source_sha256': EXPERIMENTS_SOURCE,
       'versions': versions(),
       'device': device(),
+      'environment': environment(),
   }
 
 

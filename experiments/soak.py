@@ -189,14 +189,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
       prog='python -m experiments.soak',
       description=__doc__.split('\n\n')[0],
       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-  pos, frac = cli.positive_int, cli.float_in(0.0, low_open=True)
+  pos, frac = cli.positive_int, cli.positive_float
   p.add_argument('--steps', type=pos, default=20_000, help='optimizer steps')
   p.add_argument('--form', choices=('momentum', 'chain'), default='momentum',
                  help="SGG clusters Adam's momentum (with_sgg) or its "
                  'update (sgg in a chain)')
   p.add_argument('--recluster-interval', type=pos, default=10,
                  help="SGG's T")
-  p.add_argument('--num-clusters', type=cli.int_at_least(1),
+  p.add_argument('--num-clusters', type=pos,
                  default=3, help="SGG's K")
   p.add_argument('--beta3', type=cli.decay, default=0.99, help="SGG's beta3")
   p.add_argument('--clamp', type=frac, nargs=2, default=(0.1, 10.0),

@@ -412,6 +412,29 @@ def test_steps_without_refresh_communicate_as_the_base_optimizer(form, mode):
   assert all(c['numel'] <= bound for c in refresh), refresh
 
 
+@MODES
+@pytest.mark.parametrize('form', ['chain', 'momentum'])
+def test_stacked_layer_axis_sharded_plain_steps_communicate_as_adam(form,
+                                                                    mode):
+  """Layers stacked on a 'data'-sharded axis: the refreshed ``(L, K)``
+  statistics stay replicated (under auto axes by a sharding constraint on
+  the refresh's results) without a collective on the steps that do not
+  refresh."""
+  params = {'w': np.random.default_rng(0).normal(
+      size=(8, 16, 32)).astype(np.float32)}
+  specs = {'w': P('data', None, 'model')}
+  kw = dict(recluster_interval=2, sample_size=64, stacked_layers=True)
+  lr = optax.scale_by_learning_rate(1e-2)
+  tx = (optax.chain(optax.scale_by_adam(), sgg_optax.sgg(**kw), lr)
+        if form == 'chain' else
+        optax.chain(sgg_optax.with_sgg(optax.scale_by_adam(), **kw), lr))
+  every = lambda t: sorted(
+      (c['op'], c['numel']) for c in collectives(
+          _compiled_update_hlo(t, mode, params, specs))
+      if c['where'] == 'every step')
+  assert every(tx) == every(optax.chain(optax.scale_by_adam(), lr))
+
+
 def test_collective_parser_sees_a_parameter_gather():
   """Guards the parser: a full gather of w1 shows up, with its size."""
   hlo = _compiled_update_hlo(_problem.make_tx(), AxisType.Auto)

@@ -332,6 +332,22 @@ def _materialised(tree: Any, true: jax.Array) -> Any:
                       lambda: jax.tree.map(jnp.zeros_like, tree))
 
 
+def _replicated(new: _Refreshed) -> _Refreshed:
+  """``new``, replicated on the current mesh, as in the state's shardings.
+
+  Under auto axes XLA picks these shardings itself. With layers stacked on a
+  sharded axis it sharded the refresh's ``(L, K)`` results like that axis,
+  so the state changed sharding after a refresh, or gathered them after the
+  ``lax.cond`` on every step. Applied to the refresh's results and to the
+  cond's, this keeps them replicated and the gathers inside the refresh.
+  Explicit axes type them replicated already.
+  """
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or mesh.explicit_axes:
+    return new
+  return jax.lax.with_sharding_constraint(new, jax.sharding.PartitionSpec())
+
+
 def _kept(state: SGGState) -> _Refreshed:
   return _Refreshed(state.centres, state.scales, state.cluster_stats,
                     state.fractions, state.refreshes, state.global_stat)
@@ -429,13 +445,14 @@ def _apply(updates: optax.Updates, stat: optax.Updates, state: SGGState,
 
   def refresh(st, ids):
     sample = sampling.stack_samples(st, lays, cfg.sample_size, count)
-    new = _refresh(sample, lays, state, cfg)
+    new = _replicated(_refresh(sample, lays, state, cfg))
     return new, _reassigned(st, ids, lays, new, state, cfg) if frozen else ids
 
   new, ids_g = jax.lax.cond(
       count % cfg.recluster_interval == 0, refresh,
       lambda st, ids: (_kept(state), ids),
       stat_g, [old_ids[i] for i in group] if frozen else [])
+  new = _replicated(new)
   if not frozen:  # dynamic: assign from this step's statistic, store none
     ids_g = [_leaf_ids(s, lay, new.centres[lay.index], cfg)
              for s, lay in zip(stat_g, lays)]
@@ -561,7 +578,10 @@ def sgg(
   element, reading its ``uint8`` id. The refresh takes the update as an
   operand, so XLA writes the update to memory on every step (one read and
   one write of an update-sized buffer); :func:`with_sgg`, which clusters the
-  base optimizer's momentum, avoids that. If a refresh yields non-finite
+  base optimizer's momentum, avoids that. On CPU that buffer is a temporary
+  whose pages the host allocator maps afresh at every step, which costs
+  more than the copy; the README's Performance section measures it, with
+  an allocator setting that avoids it. If a refresh yields non-finite
   statistics for a layer (NaN or Inf updates), that layer keeps its previous
   centres, ids and scales.
 

@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -160,3 +161,20 @@ def test_the_run_cache_never_reuses_a_run_of_other_code(tmp_path,
   # Other code also means another file name.
   monkeypatch.setattr(records, 'EXPERIMENTS_SOURCE', '0' * 64)
   assert pretrain._tag(cfg) != path.stem
+
+
+def test_provenance_records_the_environment_that_changes_timings(
+    monkeypatch):
+  for name in list(os.environ):
+    if name.startswith('JAX_') or name in ('XLA_FLAGS', 'LD_PRELOAD',
+                                           'MALLOC_ARENA_MAX'):
+      monkeypatch.delenv(name)
+  monkeypatch.setenv('GLIBC_TUNABLES', 'glibc.malloc.hugetlb=1')
+  monkeypatch.setenv('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
+  monkeypatch.setenv('JAX_ENABLE_X64', '0')
+  monkeypatch.setenv('SOME_UNRELATED_SECRET', 'x')
+  env = records.provenance(['python', '-m', 'experiments.bench_step'])[
+      'environment']
+  assert env == {'GLIBC_TUNABLES': 'glibc.malloc.hugetlb=1',
+                 'JAX_ENABLE_X64': '0',
+                 'XLA_FLAGS': '--xla_force_host_platform_device_count=8'}
