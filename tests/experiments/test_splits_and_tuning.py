@@ -166,8 +166,7 @@ def test_the_run_cache_never_reuses_a_run_of_other_code(tmp_path,
 def test_provenance_records_the_environment_that_changes_timings(
     monkeypatch):
   for name in list(os.environ):
-    if name.startswith('JAX_') or name in ('XLA_FLAGS', 'LD_PRELOAD',
-                                           'MALLOC_ARENA_MAX'):
+    if name.startswith('JAX_') or name in records._ENV:
       monkeypatch.delenv(name)
   monkeypatch.setenv('GLIBC_TUNABLES', 'glibc.malloc.hugetlb=1')
   monkeypatch.setenv('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
