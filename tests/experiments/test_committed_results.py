@@ -1,0 +1,67 @@
+"""The committed pre-training results follow the run JSON schema.
+
+Every run JSON of a folder produced under the current method records its
+provenance (a clean commit, the command, both source hashes, versions,
+device and environment), dev and test scores, an evaluation that spans the
+held-out split, and, for SGG runs, the share of clamped scales; all runs of
+one folder come from one code version.
+"""
+
+import json
+import pathlib
+import re
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+RESULTS = ROOT / 'experiments' / 'results'
+
+# Folders run under the current method (experiments/results/README.md).
+CURRENT = ('main_job_cpu', 'cpu_tiny_robustness_ablations',
+           'cpu_tiny_lora_pretrain', 'cpu_tiny_200', 'h100_60m')
+
+PROVENANCE = ('git_commit', 'dirty', 'command', 'sgg_optax_source_sha256',
+              'experiments_source_sha256', 'versions', 'device',
+              'environment')
+
+
+def _runs(folder: str) -> list[pathlib.Path]:
+  root = RESULTS / folder
+  return sorted(p for p in root.rglob('*.json')
+                if p.parent.name == 'runs' or 'train_step' in p.parts)
+
+
+@pytest.mark.parametrize('folder', CURRENT)
+def test_every_run_json_carries_the_schema(folder):
+  paths = _runs(folder)
+  assert paths, f'no run JSONs under {folder}'
+  versions = set()
+  for path in paths:
+    run = json.loads(path.read_text())
+    where = path.relative_to(RESULTS)
+    prov = run['provenance']
+    assert set(PROVENANCE) <= set(prov), where
+    assert re.fullmatch(r'[0-9a-f]{40}', prov['git_commit']), where
+    assert prov['dirty'] is False, where
+    assert prov['command'][:3] == ['python', '-m', prov['command'][2]], where
+    assert prov['command'][2].startswith('experiments.'), where
+    versions.add((prov['sgg_optax_source_sha256'],
+                  prov['experiments_source_sha256']))
+    for key in ('dev_loss', 'test_loss', 'test_ppl'):
+      assert key in run, (where, key)
+    if not run['diverged']:
+      assert run['test_loss'] is not None, where
+    assert run['eval_span'] >= 0.9, where
+    if run['config']['optimizer'].endswith(('_sgg', '_sgg_momentum')):
+      assert 0.0 <= run['clamped_fraction'] <= 1.0, where
+  assert len(versions) == 1, f'{folder} mixes code versions: {versions}'
+
+
+def test_current_folders_share_one_code_version():
+  versions = set()
+  for folder in CURRENT:
+    for path in _runs(folder):
+      prov = json.loads(path.read_text())['provenance']
+      versions.add((prov['sgg_optax_source_sha256'],
+                    prov['experiments_source_sha256']))
+  assert len(versions) == 1, versions
