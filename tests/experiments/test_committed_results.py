@@ -25,6 +25,12 @@ PROVENANCE = ('git_commit', 'dirty', 'command', 'sgg_optax_source_sha256',
               'environment')
 
 
+def _optimizer(run: dict) -> str | None:
+  """The run's optimizer (pre-training: in its config; fine-tuning: at the
+  top level; zero-shot evaluations have none)."""
+  return run.get('config', {}).get('optimizer', run.get('optimizer'))
+
+
 def _runs(folder: str) -> list[pathlib.Path]:
   root = RESULTS / folder
   return sorted(p for p in root.rglob('*.json')
@@ -47,12 +53,14 @@ def test_every_run_json_carries_the_schema(folder):
     assert prov['command'][2].startswith('experiments.'), where
     versions.add((prov['sgg_optax_source_sha256'],
                   prov['experiments_source_sha256']))
-    for key in ('dev_loss', 'test_loss', 'test_ppl'):
+    scores = (('dev_accuracy', 'test_accuracy') if run.get('task') == 'cls'
+              else ('test_ppl',))
+    for key in ('dev_loss', 'test_loss', *scores):
       assert key in run, (where, key)
-    if not run['diverged']:
+    if not run.get('diverged', False):
       assert run['test_loss'] is not None, where
     assert run['eval_span'] >= 0.9, where
-    if run['config']['optimizer'].endswith(('_sgg', '_sgg_momentum')):
+    if (_optimizer(run) or '').endswith(('_sgg', '_sgg_momentum')):
       assert 0.0 <= run['clamped_fraction'] <= 1.0, where
   assert len(versions) == 1, f'{folder} mixes code versions: {versions}'
 
