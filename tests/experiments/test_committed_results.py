@@ -7,6 +7,7 @@ held-out split, and, for SGG runs, the share of clamped scales; all runs of
 one folder come from one code version.
 """
 
+import functools
 import json
 import pathlib
 import re
@@ -32,27 +33,35 @@ def _optimizer(run: dict) -> str | None:
 
 
 def _runs(folder: str) -> list[pathlib.Path]:
+  """The folder's run JSONs: those in its ``runs/`` folders, and the
+  train-step throughput runs of ``h100_60m/train_step/``."""
   root = RESULTS / folder
   return sorted(p for p in root.rglob('*.json')
                 if p.parent.name == 'runs' or 'train_step' in p.parts)
 
 
+@functools.cache
+def _loaded(folder: str) -> tuple[tuple[pathlib.Path, dict], ...]:
+  return tuple((p.relative_to(RESULTS), json.loads(p.read_text()))
+               for p in _runs(folder))
+
+
+def _code_version(run: dict) -> tuple[str, str]:
+  prov = run['provenance']
+  return prov['sgg_optax_source_sha256'], prov['experiments_source_sha256']
+
+
 @pytest.mark.parametrize('folder', CURRENT)
 def test_every_run_json_carries_the_schema(folder):
-  paths = _runs(folder)
-  assert paths, f'no run JSONs under {folder}'
-  versions = set()
-  for path in paths:
-    run = json.loads(path.read_text())
-    where = path.relative_to(RESULTS)
+  runs = _loaded(folder)
+  assert runs, f'no run JSONs under {folder}'
+  for where, run in runs:
     prov = run['provenance']
     assert set(PROVENANCE) <= set(prov), where
     assert re.fullmatch(r'[0-9a-f]{40}', prov['git_commit']), where
     assert prov['dirty'] is False, where
     assert prov['command'][:3] == ['python', '-m', prov['command'][2]], where
     assert prov['command'][2].startswith('experiments.'), where
-    versions.add((prov['sgg_optax_source_sha256'],
-                  prov['experiments_source_sha256']))
     scores = (('dev_accuracy', 'test_accuracy') if run.get('task') == 'cls'
               else ('test_ppl',))
     for key in ('dev_loss', 'test_loss', *scores):
@@ -62,14 +71,11 @@ def test_every_run_json_carries_the_schema(folder):
     assert run['eval_span'] >= 0.9, where
     if (_optimizer(run) or '').endswith(('_sgg', '_sgg_momentum')):
       assert 0.0 <= run['clamped_fraction'] <= 1.0, where
+  versions = {_code_version(run) for _, run in runs}
   assert len(versions) == 1, f'{folder} mixes code versions: {versions}'
 
 
 def test_current_folders_share_one_code_version():
-  versions = set()
-  for folder in CURRENT:
-    for path in _runs(folder):
-      prov = json.loads(path.read_text())['provenance']
-      versions.add((prov['sgg_optax_source_sha256'],
-                    prov['experiments_source_sha256']))
+  versions = {_code_version(run) for folder in CURRENT
+              for _, run in _loaded(folder)}
   assert len(versions) == 1, versions
