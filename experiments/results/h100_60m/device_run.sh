@@ -1,6 +1,11 @@
 #!/bin/bash
-# Device-side driver: throughput block (alone), then compare lanes in parallel.
-# usage: bash runs/gpu/run.sh SECONDS PHASE   (PHASE: all | compare | robust)
+# Device-side driver, run from the repository root (it ran as runs/gpu/run.sh):
+# the train-step throughput runs (T5/, one at a time), then one compare
+# process per optimizer side by side, each stopped after SECONDS in all.
+# usage: bash experiments/results/h100_60m/device_run.sh SECONDS [all|compare]
+# (compare: skip the throughput runs). Carry runs/data and a copy of .git as
+# runs/gitdir; the outputs land in runs/h100_throughput, runs/h100_60m and
+# runs/h100_60m_b099, with logs in runs/gpu/ (create it first).
 set -u
 BUDGET=$1; PHASE=${2:-all}
 T0=$(date +%s)
