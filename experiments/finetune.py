@@ -160,6 +160,9 @@ def parser() -> argparse.ArgumentParser:
   a('--tune-seed', type=NON_NEGATIVE_INT, default=100,
     help='seed of every tuning run; must not be a reported seed')
   a('--warmup-frac', type=UNIT, default=0.1)
+  a('--b2', type=_number(float, 0.0, 1.0, high_open=True,
+                          what='in [0, 1)'), default=0.95,
+    help="Adam's second-moment decay (SmolLM2's own pre-training used 0.95)")
   a('--weight-decay', type=NON_NEGATIVE, default=0.0)
   a('--clip', type=NON_NEGATIVE, default=1.0, help='global-norm clip (0: off)')
   _lora_arguments(a)

@@ -145,7 +145,8 @@ def train(ctx: Context, spec: RunSpec, quiet: bool, log_every: int):
     params, opt_state, rngs, loss = step_fn(
       params, opt_state, rngs, frozen,
       {k: jnp.asarray(v) for k, v in batch.items()}, ids,
-      jnp.float32(spec.lr), jnp.int32(step))
+      jnp.float32(spec.lr), jnp.int32(step),
+      refresh=FS.refresh_at(spec.opt, step))
     log.step(step, loss, opt_state)
   return (graphdef, params, rngs, frozen), opt_state, log, sizes
 

@@ -23,7 +23,7 @@ class OptSettings:
   weight_decay: float = 0.0
   clip: float = 1.0
   b1: float = 0.9
-  b2: float = 0.999
+  b2: float = 0.95
   sgg_k: int = 3
   sgg_interval: int = 10
   sgg_beta3: float = 0.9
@@ -75,12 +75,23 @@ def _loss(model: M.Llama, task: str, batch: dict[str, jax.Array],
     logits, batch['labels']).mean()
 
 
+def refresh_at(s: OptSettings, step: int) -> bool | None:
+  """SGG's refresh decision for the update after `step` updates (None for
+  AdamW): SGG's own schedule, decided on the host so that no step holds a
+  `lax.cond` (a plain and a refresh step are compiled)."""
+  if s.name != 'adamw_sgg':
+    return None
+  return sgg_optax.refresh_due(step, s.sgg_interval)
+
+
 @functools.partial(jax.jit, static_argnames=('graphdef', 'task', 'tx',
-                                             'steps', 'warmup_frac'),
+                                             'steps', 'warmup_frac',
+                                             'refresh'),
                    donate_argnames=('params', 'opt_state', 'rngs'))
 def train_step(params, opt_state, rngs, frozen, batch, ids, lr, step, *,
-               graphdef, task, tx, steps, warmup_frac):
-  """One optimizer step on the trainable `params` only."""
+               graphdef, task, tx, steps, warmup_frac, refresh=None):
+  """One optimizer step on the trainable `params` only (`refresh`: SGG's
+  `sgg_refresh`, None for AdamW)."""
 
   def loss_of(p, r):
     model = nnx.merge(graphdef, p, r, frozen)
@@ -89,7 +100,8 @@ def train_step(params, opt_state, rngs, frozen, batch, ids, lr, step, *,
 
   (loss, rngs), grads = jax.value_and_grad(loss_of, has_aux=True)(
     params, rngs)
-  updates, opt_state = tx.update(grads, opt_state, params)
+  extra = {} if refresh is None else {'sgg_refresh': refresh}
+  updates, opt_state = tx.update(grads, opt_state, params, **extra)
   scale = -lr_at(step, lr, steps, warmup_frac)
   updates = jax.tree.map(lambda u: (scale * u).astype(u.dtype), updates)
   params = optax.apply_updates(params, updates)

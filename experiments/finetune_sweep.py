@@ -92,7 +92,8 @@ class Sweep:
     from experiments import finetune_step as FS
     a = self.args
     opt = FS.OptSettings(
-      name=optimizer, weight_decay=a.weight_decay, clip=a.clip, sgg_k=a.sgg_k,
+      name=optimizer, b2=a.b2, weight_decay=a.weight_decay, clip=a.clip,
+      sgg_k=a.sgg_k,
       sgg_interval=interval or 1, sgg_beta3=0.0 if beta3 is None else beta3,
       sgg_momentum=a.sgg_form == 'momentum', sgg_rule=a.sgg_rule,
       sgg_cluster_decay=a.sgg_cluster_decay)

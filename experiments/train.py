@@ -19,9 +19,10 @@
 #
 # Where each part lives: data (`load_streams`; the dev/test split and the
 # evaluation windows in evaluation.py), the step (`build_optimizer`,
-# `_train_step`), evaluation (evaluation.py, `_evaluate_all`), checkpoints
-# (checkpointing.py), logging (`_TrainLog`, `_Clock`, `_result`), and the
-# loop that ties them (`_loop`, `train`).
+# `_train_step`, `_Stepper`, which decides SGG's refreshes), evaluation
+# (evaluation.py, `_evaluate_all`), checkpoints (checkpointing.py), logging
+# (`_TrainLog`, `_Clock`, `_result`), and the loop that ties them (`_loop`,
+# `train`).
 #
 # The learning-rate peak lives in the optimizer state (an injected `scale`
 # after the normalised schedule), so a sweep over learning rates and seeds
@@ -570,14 +571,66 @@ def _create(config: model_lib.LlamaConfig, tx: optax.GradientTransformation,
   return model, opt
 
 
-@nnx.jit
-def _train_step(model: model_lib.Llama, opt: nnx.Optimizer,
-                batch: jax.Array) -> tuple[jax.Array, jax.Array]:
+@functools.partial(jax.jit, static_argnums=(0, 3), donate_argnums=1)
+def _train_step(graphdef: nnx.GraphDef, state: nnx.State, batch: jax.Array,
+                refresh: bool | None) -> tuple[nnx.State, jax.Array,
+                                               jax.Array]:
+  """One step over the split ``(model, optimizer)`` state.
+
+  ``refresh`` is SGG's refresh decision (``sgg_refresh``; None for the other
+  optimizers), static: an SGG run compiles a plain and a refresh step, and
+  neither holds a ``lax.cond``.
+  """
+  model, opt = nnx.merge(graphdef, state)
   grad_fn = nnx.value_and_grad(model_lib.loss_fn,
                                argnums=nnx.DiffState(0, opt.wrt))
   loss, grads = grad_fn(model, batch)
-  opt.update(model, grads)
-  return loss, optax.tree.norm(grads)
+  opt.update(model, grads,
+             **({} if refresh is None else {'sgg_refresh': refresh}))
+  return nnx.state((model, opt)), loss, optax.tree.norm(grads)
+
+
+class _Stepper:
+  """The train step, jitted over the split state of the model and optimizer.
+
+  ``jax.jit`` of a pure function of the state dispatches faster than
+  ``nnx.jit``, which walks the object graph at every call. The state lives
+  here between steps (donated to each step); `sync` writes it back into the
+  NNX objects before anything else (evaluation, diagnostics, checkpoints)
+  reads them. SGG's refresh is decided here, from the step number, with
+  `sgg_optax.refresh_due`: the same schedule as SGG's own.
+  """
+
+  def __init__(self, model: Any, opt: Any, interval: int | None):
+    self.objects = (model, opt)
+    self.graphdef, self.state = nnx.split(self.objects)
+    self.interval = interval
+    self.stale = False
+    self.compiled: set[bool | None] = set()
+
+  def refresh(self, step: int) -> bool | None:
+    """SGG's decision for the update after ``step`` updates (None: no SGG)."""
+    if self.interval is None:
+      return None
+    return sgg_optax.refresh_due(step, self.interval)
+
+  def first_call(self, step: int) -> bool:
+    """Whether the step variant that ``step`` runs compiles now."""
+    return self.refresh(step) not in self.compiled
+
+  def __call__(self, step: int, batch: jax.Array
+               ) -> tuple[jax.Array, jax.Array]:
+    refresh = self.refresh(step)
+    self.compiled.add(refresh)
+    self.state, loss, gnorm = _train_step(self.graphdef, self.state, batch,
+                                          refresh)
+    self.stale = True
+    return loss, gnorm
+
+  def sync(self) -> None:
+    if self.stale:
+      nnx.update(self.objects, self.state)
+      self.stale = False
 
 
 @nnx.jit
@@ -700,7 +753,8 @@ class _TrainLog:
 
 class _Clock:
   """Training throughput: steps after the first (compile) only, without
-  the time spent in evaluation, diagnostics and checkpoints."""
+  the time spent in evaluation, diagnostics, checkpoints and the first call
+  of another step variant (SGG's refresh step, which compiles then)."""
 
   def __init__(self) -> None:
     self.t_loop = time.time()
@@ -746,9 +800,11 @@ def _evaluate_all(s: _Setup, curves: dict[str, Any], step: int
 
 
 def _diag_due(cfg: TrainConfig, done: int) -> bool:
-  every = cfg.diag_every or (
-    cfg.recluster_interval if cfg.optimizer in SGG_OPTIMIZERS else 0)
-  return bool(every) and (done % every == 0 or done == cfg.steps)
+  """SGG's diagnostics are due after step ``done`` (never without SGG)."""
+  if cfg.optimizer not in SGG_OPTIMIZERS:
+    return False
+  every = cfg.diag_every or cfg.recluster_interval
+  return done % every == 0 or done == cfg.steps
 
 
 def _periodic(cfg: TrainConfig, s: _Setup, done: int, curves: dict[str, Any],
@@ -779,10 +835,18 @@ def _loop(cfg: TrainConfig, s: _Setup, train_tokens: np.ndarray, start: int,
     train_tokens, batch_size=cfg.batch_size, seq_len=cfg.seq_len,
     seed=cfg.seed, start_step=start, process_index=jax.process_index(),
     process_count=jax.process_count())
+  stepper = _Stepper(s.model, s.opt, cfg.recluster_interval
+                     if cfg.optimizer in SGG_OPTIMIZERS else None)
+  loss = None
   for step in range(start, cfg.steps):
     t0 = time.time()
     batch = _global_batch(next(batches), s.batch_sharding, cfg.batch_size)
-    loss, gnorm = _train_step(s.model, s.opt, batch)
+    compiling = step > start and stepper.first_call(step)
+    t1 = clock.pause(loss) if compiling else 0.0
+    loss, gnorm = stepper(step, batch)
+    if compiling:  # left out of the throughput, as the first step is
+      jax.block_until_ready(loss)
+      clock.resume(t1)
     log.add(step, loss, gnorm)
     done = step + 1
     if (done % cfg.log_every == 0 or done == cfg.steps) and log.flush():
@@ -790,6 +854,7 @@ def _loop(cfg: TrainConfig, s: _Setup, train_tokens: np.ndarray, start: int,
     clock.step_done(t0, loss)
     if _periodic_due(cfg, done, ckpt):
       t1 = clock.pause(loss)  # only this work is left out of the throughput
+      stepper.sync()
       _periodic(cfg, s, done, curves, ckpt)
       clock.resume(t1)
     bar.update(1)
@@ -801,6 +866,7 @@ def _loop(cfg: TrainConfig, s: _Setup, train_tokens: np.ndarray, start: int,
                       tok_s=f'{tps:,.0f}')
   if log.pending:
     log.flush()
+  stepper.sync()
   return log, clock
 
 

@@ -19,7 +19,13 @@ from sgg_optax._src.sharding import (
     state_partition_specs,
     state_shardings,
 )
-from sgg_optax._src.transform import SGGState, SGGWrapperState, sgg, with_sgg
+from sgg_optax._src.transform import (
+    SGGState,
+    SGGWrapperState,
+    refresh_due,
+    sgg,
+    with_sgg,
+)
 
 __version__ = '0.1.0'
 
@@ -34,6 +40,7 @@ __all__ = (
     'group_names',
     'ids_to_device',
     'lamb_sgg',
+    'refresh_due',
     'sgg',
     'state_partition_specs',
     'state_shardings',

@@ -7,6 +7,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from sgg_optax._src import kmeans, sampling, scaling
@@ -413,22 +414,60 @@ def _leaf_scaled(u: jax.Array, ids: jax.Array, lay: sampling.LeafLayout,
   return u * scale.astype(u.dtype)
 
 
+def refresh_due(count: int, recluster_interval: int) -> bool:
+  """Whether SGG's own schedule refreshes at the update after ``count``.
+
+  The host-side twin of the test that :func:`sgg` makes on device, for loops
+  that pass ``sgg_refresh`` to ``update`` (see :func:`sgg`).
+
+  Args:
+    count: the number of updates applied so far (a Python or NumPy int: the
+      loop's 0-based step index, the argument optax schedules take).
+    recluster_interval: ``T``, as given to :func:`sgg`.
+
+  Returns:
+    True when the next update is a refresh step (``count + 1`` a multiple of
+    ``T``).
+
+  Example:
+    >>> import sgg_optax
+    >>> [i for i in range(10) if sgg_optax.refresh_due(i, 4)]
+    [3, 7]
+  """
+  count = _static_int('count', count, 0, 2**62)
+  interval = _static_int('recluster_interval', recluster_interval, 1, 2**62)
+  return (count + 1) % interval == 0
+
+
+def _refresh_arg(extra_args: dict[str, Any]) -> bool | None:
+  """The ``sgg_refresh`` extra argument: None, or a bool known on the host."""
+  value = extra_args.get('sgg_refresh')
+  if value is None or isinstance(value, bool):
+    return value
+  if isinstance(value, np.bool_):
+    return bool(value)
+  raise ValueError(
+      '`sgg_refresh` must be None or a Python bool known when the step is '
+      'traced (make it a static argument of jax.jit, e.g. '
+      f'`static_argnames=...`), got {value!r}.')
+
+
 def _apply(updates: optax.Updates, stat: optax.Updates, state: SGGState,
-           cfg: _Config) -> tuple[optax.Updates, SGGState]:
+           cfg: _Config, refresh: bool | None = None
+           ) -> tuple[optax.Updates, SGGState]:
   """SGG's update: refresh every ``T`` steps, then scale by cluster.
 
-  The refresh is a ``lax.cond`` on the count that takes the statistic and
-  the ids, and draws the sample, clusters and re-assigns the ids inside, so a
-  step that does not refresh does no refresh work and, sharded, sends
-  nothing. Between refreshes a step reads one ``uint8`` id per element in
-  the select chain that scales the update.
+  With ``refresh=None`` the refresh is a ``lax.cond`` on the count that
+  takes the statistic and the ids, and draws the sample, clusters and
+  re-assigns the ids inside, so a step that does not refresh does no refresh
+  work and, sharded, sends nothing. Between refreshes a step reads one
+  ``uint8`` id per element in the select chain that scales the update.
 
   The statistic is a cond operand, so XLA keeps it in memory: free for the
-  momentum (a state buffer), one update-sized buffer for the chain link. XLA
-  on CPU writes the update out anyway once it has a second reader (the
-  sample's gather or the id re-assignment outside the cond do), and the
-  placement inside the cond is the one that does the least work per step;
-  ``experiments/bench_step.py`` measures both forms.
+  momentum (a state buffer), one update-sized buffer for the chain link.
+  With ``refresh`` a bool the caller has decided: the step holds no
+  conditional, a plain step is only the select chain (it fuses into the
+  base update) and a refresh step runs the refresh inline.
   """
   count = optax.safe_increment(state.count)
   layouts = _plan(updates, cfg)
@@ -443,15 +482,18 @@ def _apply(updates: optax.Updates, stat: optax.Updates, state: SGGState,
   frozen = cfg.assignment == 'frozen'
   stat_g = [stats[i] for i in group]
 
-  def refresh(st, ids):
+  def refresh_fn(st, ids):
     sample = sampling.stack_samples(st, lays, cfg.sample_size, count)
     new = _replicated(_refresh(sample, lays, state, cfg))
     return new, _reassigned(st, ids, lays, new, state, cfg) if frozen else ids
 
-  new, ids_g = jax.lax.cond(
-      count % cfg.recluster_interval == 0, refresh,
-      lambda st, ids: (_kept(state), ids),
-      stat_g, [old_ids[i] for i in group] if frozen else [])
+  keep = lambda st, ids: (_kept(state), ids)
+  operands = stat_g, [old_ids[i] for i in group] if frozen else []
+  if refresh is None:
+    new, ids_g = jax.lax.cond(count % cfg.recluster_interval == 0,
+                              refresh_fn, keep, *operands)
+  else:
+    new, ids_g = (refresh_fn if refresh else keep)(*operands)
   new = _replicated(new)
   if not frozen:  # dynamic: assign from this step's statistic, store none
     ids_g = [_leaf_ids(s, lay, new.centres[lay.index], cfg)
@@ -585,6 +627,18 @@ def sgg(
   statistics for a layer (NaN or Inf updates), that layer keeps its previous
   centres, ids and scales.
 
+  **The loop may decide when to refresh.** ``update`` takes an optional
+  extra argument ``sgg_refresh`` (optax passes extra arguments through
+  :func:`optax.chain`, :func:`optax.inject_hyperparams`,
+  :class:`optax.MultiSteps` and the other combinators). ``None``, the
+  default, keeps the on-device schedule above. A Python bool, static under
+  :func:`jax.jit`, says whether this update refreshes: the step then holds
+  no ``lax.cond``, and a plain step is the select chain alone, fused into
+  the base update (no update-sized buffer for the chain link; on a GPU, no
+  conditional, whose predicate XLA copies to the host at every step). The
+  loop compiles two steps and picks one with :func:`refresh_due`, which
+  gives the same schedule; the results are those of the default.
+
   Args:{args}
 
   Returns:
@@ -604,6 +658,19 @@ def sgg(
     >>> print(state[1].scales, state[1].ids['w'].dtype)
     (Array([0.991, 1.   , 1.   ], dtype=float32),) uint8
 
+    The same two steps with the refresh decided by the loop:
+
+    >>> import functools, jax
+    >>> @functools.partial(jax.jit, static_argnames='refresh')
+    ... def step(params, state, grads, refresh):
+    ...   updates, state = tx.update(grads, state, params, sgg_refresh=refresh)
+    ...   return optax.apply_updates(params, updates), state
+    >>> state = tx.init(params)
+    >>> for i in range(2):
+    ...   _, state = step(params, state, grads, sgg_optax.refresh_due(i, 2))
+    >>> print(state[1].scales)
+    (Array([0.991, 1.   , 1.   ], dtype=float32),)
+
   References:
     Li et al., `Taming LLMs by Scaling Learning Rates with Gradient Grouping
     <https://arxiv.org/abs/2506.01049>`_, ACL 2025.
@@ -620,8 +687,8 @@ def sgg(
     return _init(params, cfg)
 
   def update_fn(updates, state, params=None, **extra_args):
-    del params, extra_args
-    return _apply(updates, updates, state, cfg)
+    del params
+    return _apply(updates, updates, state, cfg, _refresh_arg(extra_args))
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
@@ -658,6 +725,8 @@ def with_sgg(
   K-means, id re-assignment) sits inside the ``lax.cond``: a step that does
   not refresh does no refresh work and, sharded, no extra communication.
   ``moment=None`` clusters the base update instead, like :func:`sgg`.
+  ``update`` takes the extra argument ``sgg_refresh`` as :func:`sgg` does
+  (and passes it on to ``inner``).
 
   Args:
     inner: the base transformation, e.g. :func:`optax.scale_by_adam`; its
@@ -707,7 +776,8 @@ def with_sgg(
     updates, inner_state = inner.update(updates, state.inner_state, params,
                                         **extra_args)
     stat = updates if moment is None else _state_field(inner_state, moment)
-    updates, sgg_state = _apply(updates, stat, state.sgg_state, cfg)
+    updates, sgg_state = _apply(updates, stat, state.sgg_state, cfg,
+                                _refresh_arg(extra_args))
     return updates, SGGWrapperState(inner_state, sgg_state)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -48,3 +48,11 @@ def test_pretrain_smoke_all_experiments(tmp_path, capsys):
     assert _finite(summary['ppl_mean'])
   robust = json.loads((tmp_path / 'robustness.json').read_text())
   assert len(robust['loss']['adam']) == len(robust['batch_sizes']) == 2
+
+
+def test_robustness_runs_the_chosen_optimizers(tmp_path):
+  pretrain.main(['--smoke', '--experiment', 'robustness', '--optimizers',
+                 'adam', '--mesh', 'data=1', '--out', str(tmp_path),
+                 '--no-progress'])
+  robust = json.loads((tmp_path / 'robustness.json').read_text())
+  assert list(robust['loss']) == ['adam']
