@@ -3,10 +3,13 @@
 Everything is measured in one process: each optimizer's jitted train step
 (``update`` + ``apply_updates``, parameters and state donated) is compiled
 and warmed up (``--warmup`` calls each, enough for the allocator to settle
-on the large temporaries), and then all variants are timed in interleaved
-rounds so that machine load hits them alike. A round takes the fastest of
-``--calls`` calls of each variant. Reported ratios are medians over rounds
-of the per-round ratio to the base optimizer (and the minimum), for:
+on the large temporaries), and then each base optimizer and its SGG
+variants are timed in interleaved rounds, in a random order every round,
+so that machine load and the cache state left by the previous step hit
+them alike. A round takes the fastest of ``--calls`` calls of each of
+``--instances`` copies of a variant's buffers (where the allocator put a
+copy moves its step time by up to 10%). Reported ratios are medians over
+rounds of the per-round ratio to the base optimizer (and the minimum), for:
 
 * a step that does not re-cluster (``recluster_interval`` never reached),
 * a step that re-clusters (``recluster_interval=1``),
@@ -107,18 +110,23 @@ class Step:
   go to ``tx.update``: ``sgg_refresh`` for a loop-decided refresh)."""
 
   def __init__(self, tx: optax.GradientTransformation, params, grads,
-               **extra_args):
+               instances: int = 1, **extra_args):
     def step(params, state, grads):
       updates, state = tx.update(grads, state, params, **extra_args)
       return optax.apply_updates(params, updates), state
 
-    self.params = jax.tree.map(jnp.copy, params)
-    self.state = tx.init(self.params)
+    # Several copies of the buffers (`instances`): how fast a step runs
+    # depends on where the allocator put them (one copy may run 10% slower
+    # than another of the same program, the first allocated most often);
+    # a round times every copy and keeps the fastest.
+    self.buffers = [(jax.tree.map(jnp.copy, params),
+                     tx.init(jax.tree.map(jnp.copy, params)))
+                    for _ in range(instances)]
     self.grads = grads
     jax.clear_caches()  # time a real compile, not a cache hit
     start = time.perf_counter()
     self.compiled = jax.jit(step, donate_argnums=(0, 1)).lower(
-        self.params, self.state, grads).compile()
+        *self.buffers[0], grads).compile()
     self.compile_s = time.perf_counter() - start
     mem = self.compiled.memory_analysis()
     self.memory = None if mem is None else {
@@ -127,15 +135,20 @@ class Step:
             'temp_size_in_bytes', 'alias_size_in_bytes',
             'generated_code_size_in_bytes') if hasattr(mem, k)}
 
+  @property
+  def state(self):
+    return self.buffers[0][1]
+
   def __call__(self, calls: int = 1) -> float:
-    """The fastest of ``calls`` steps, in seconds."""
+    """The fastest of ``calls`` steps of every instance, in seconds."""
     best = math.inf
-    for _ in range(calls):
-      start = time.perf_counter()
-      self.params, self.state = self.compiled(self.params, self.state,
-                                              self.grads)
-      jax.block_until_ready(self.params)
-      best = min(best, time.perf_counter() - start)
+    for k, (params, state) in enumerate(self.buffers):
+      for _ in range(calls):
+        start = time.perf_counter()
+        params, state = self.compiled(params, state, self.grads)
+        jax.block_until_ready(params)
+        best = min(best, time.perf_counter() - start)
+      self.buffers[k] = params, state
     return best
 
 
@@ -162,25 +175,34 @@ def bench_tree(name: str, shapes: dict, args) -> dict:
     plain = {k: v for k, v in plain.items() if k in keep}
   steps = {}
   bases = {}
+  n = args.instances
   for opt in tqdm(plain, desc=f'{name}: compile', leave=False):
     bases[opt] = plain[opt][0]
-    steps[(opt, 'plain')] = Step(plain[opt][1](), params, grads)
+    steps[(opt, 'plain')] = Step(plain[opt][1](), params, grads, n)
     if opt == plain[opt][0]:
       continue
-    steps[(opt, 'refresh')] = Step(refresh[opt][1](), params, grads)
+    steps[(opt, 'refresh')] = Step(refresh[opt][1](), params, grads, n)
     # The same optimizer with the refresh decided by the loop: a plain and
     # a refresh step, neither holding a lax.cond.
     loop = f'{opt}, loop decides'
     bases[loop] = plain[opt][0]
     for kind, flag in (('plain', False), ('refresh', True)):
-      steps[(loop, kind)] = Step(plain[opt][1](), params, grads,
+      steps[(loop, kind)] = Step(plain[opt][1](), params, grads, n,
                                  sgg_refresh=flag)
   for step in steps.values():
     step(args.warmup)
   times = {key: [] for key in steps}
-  for _ in tqdm(range(args.repeats), desc=f'{name}: rounds', leave=False):
-    for key, step in steps.items():
-      times[key].append(step(args.calls))
+  # Each base optimizer's variants are timed in their own rounds, in a new
+  # random order every round: a step timed right after one that wrote
+  # large temporaries (Adafactor's, the chain link's) runs slower, and a
+  # fixed order would charge that to the same variant every round.
+  order = np.random.default_rng(0)
+  for base in dict.fromkeys(bases.values()):
+    group = [key for key in steps if bases[key[0]] == base]
+    for _ in tqdm(range(args.repeats), desc=f'{name}: {base} rounds',
+                  leave=False):
+      for i in order.permutation(len(group)):
+        times[group[i]].append(steps[group[i]](args.calls))
   rows = []
   for opt, base in bases.items():
     base_t = np.array(times[(base, 'plain')])
@@ -218,8 +240,10 @@ def bench_tree(name: str, shapes: dict, args) -> dict:
 def markdown(results: dict) -> str:
   """The results as Markdown tables, one per tree."""
   out = [f"Device: {results['device']}; {results['date']}; "
-         f"{results['repeats']} interleaved rounds (fastest of "
-         f"{results['calls']} calls each), medians of per-round "
+         f"{results['repeats']} interleaved rounds per base optimizer, "
+         f"in random order (fastest of {results['calls']} calls of each of "
+         f"{results['instances']} buffer copies), "
+         f"medians of per-round "
          f"ratios to the base (min in brackets); amortised at "
          f"T={results['recluster_interval']}.", '']
   env = results['provenance'].get('environment')
@@ -264,6 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help='untimed calls of each variant before timing')
   parser.add_argument('--calls', type=cli.positive_int, default=3,
                       help='calls per variant per round; the fastest counts')
+  parser.add_argument('--instances', type=cli.positive_int, default=2,
+                      help='copies of each variant\'s buffers; each is '
+                      'called --calls times per round, the fastest counts')
   parser.add_argument('--recluster-interval', type=cli.positive_int,
                       default=500, help='T used for the amortised ratio')
   parser.add_argument('--optimizers', nargs='+', default=None,
@@ -305,6 +332,7 @@ def main(argv=None) -> None:
       'jax': jax.__version__, 'optax': optax.__version__,
       'provenance': records.provenance(shlex.split(command)),
       'repeats': args.repeats, 'calls': args.calls,
+      'instances': args.instances,
       'recluster_interval': args.recluster_interval,
       'trees': [bench_tree(t, TREES[t](args.size), args) for t in args.trees],
   }
