@@ -177,3 +177,9 @@ def test_provenance_records_the_environment_that_changes_timings(
   assert env == {'GLIBC_TUNABLES': 'glibc.malloc.hugetlb=1',
                  'JAX_ENABLE_X64': '0',
                  'XLA_FLAGS': '--xla_force_host_platform_device_count=8'}
+
+
+def test_provenance_records_the_usable_cores(monkeypatch):
+  """XLA:CPU's numerics follow its thread count, hence the affinity."""
+  monkeypatch.setattr(os, 'sched_getaffinity', lambda pid: {3})
+  assert records.device()['cpu_affinity'] == 1
