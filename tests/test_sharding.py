@@ -324,7 +324,7 @@ def collectives(hlo: str) -> list[dict]:
   return found
 
 
-def _compiled_update_hlo(tx, mode, params=None, specs=None):
+def _compiled_update_hlo(tx, mode, params=None, specs=None, **extra_args):
   """The compiled optimizer step (update + apply) on the 4 x 2 mesh."""
   params = _problem.init_params() if params is None else params
   specs = _problem.SPECS if specs is None else specs
@@ -336,7 +336,7 @@ def _compiled_update_hlo(tx, mode, params=None, specs=None):
     state = jax.jit(tx.init, out_shardings=s_sh)(params)
 
     def update(grads, state, params):
-      updates, state = tx.update(grads, state, params)
+      updates, state = tx.update(grads, state, params, **extra_args)
       return optax.apply_updates(params, updates), state
 
     step = jax.jit(update, in_shardings=(p_sh, s_sh, p_sh),
@@ -410,6 +410,27 @@ def test_steps_without_refresh_communicate_as_the_base_optimizer(form, mode):
   assert refresh  # the sample is assembled in the refresh branch
   bound = _problem.NUM_GROUPS * _problem.SAMPLE
   assert all(c['numel'] <= bound for c in refresh), refresh
+
+
+@MODES
+@pytest.mark.parametrize('form', list(_FORMS))
+def test_loop_decided_steps_communicate_as_adam_or_move_the_sample(form,
+                                                                   mode):
+  """``sgg_refresh=False``: a step with no conditional sends what Adam's
+  sends; ``True``: the refresh, inline, moves only the sample."""
+  lr = optax.scale_by_learning_rate(1e-2)
+  tx = optax.chain(_FORMS[form](), lr)
+  adam = collectives(_compiled_update_hlo(
+      optax.chain(optax.scale_by_adam(), lr), mode))
+  plain = _compiled_update_hlo(tx, mode, sgg_refresh=False)
+  assert not re.search(r'\sconditional\(', plain)
+  key = lambda cs: sorted((c['op'], c['numel']) for c in cs)
+  assert key(collectives(plain)) == key(adam)
+  found = collectives(_compiled_update_hlo(tx, mode, sgg_refresh=True))
+  extra = [c for c in found if (c['op'], c['numel']) not in key(adam)]
+  assert extra  # the sample is assembled
+  bound = _problem.NUM_GROUPS * _problem.SAMPLE
+  assert all(c['numel'] <= bound for c in extra), extra
 
 
 @MODES
