@@ -1,4 +1,5 @@
-"""The committed pre-training results follow the run JSON schema.
+"""The committed pre-training and fine-tuning results follow the run JSON
+schema.
 
 Every run JSON of a folder produced under the current method records its
 provenance (a clean commit, the command, both source hashes, versions,
@@ -20,7 +21,7 @@ RESULTS = ROOT / 'experiments' / 'results'
 # Folders run under the current method (experiments/results/README.md),
 # all by the final code ...
 CURRENT = ('main_job_cpu', 'cpu_tiny_robustness_ablations',
-           'cpu_tiny_lora_pretrain', 'cpu_tiny_200')
+           'cpu_tiny_lora_pretrain', 'cpu_tiny_200', 'finetune')
 # ... and those run under the current method by an earlier code version
 # that could not be re-run here (a GPU run: no GPU was lent since); the
 # results README labels them with their commit.
