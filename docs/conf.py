@@ -19,6 +19,23 @@ copyright = '2025-2026, sgg_optax developers'  # noqa: A001
 release = sgg_optax.__version__
 version = release
 
+
+def requirements_line() -> str:
+  """The core requirements, said once: read from ``pyproject.toml``."""
+  import tomllib
+
+  project_ = tomllib.loads((ROOT / 'pyproject.toml').read_text())['project']
+  names = {'numpy': 'NumPy'}
+  parts = []
+  for dep in project_['dependencies']:
+    name, _, low = dep.partition('>=')
+    parts.append(f'``{names.get(name, name)}`` ({low} or later)')
+  python = project_['requires-python'].removeprefix('>=')
+  return f'{", ".join(parts[:-1])} and {parts[-1]}, on Python {python} or later'
+
+
+rst_epilog = f'.. |requirements| replace:: {requirements_line()}\n'
+
 extensions = [
     'sphinx.ext.autodoc',
     'sphinx.ext.autosummary',

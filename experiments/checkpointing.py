@@ -1,7 +1,8 @@
 """Orbax checkpoints of a training run: save, resume, refuse a foreign one.
 
 Each checkpoint step holds three items: ``state`` (every array of the model
-and the optimizer, by path), ``curves`` (the run's logged curves) and
+and the optimizer, by path; placeholders such as ``optax.MaskedNode`` hold
+no data and are left out), ``curves`` (the run's logged curves) and
 ``meta`` (the configuration fingerprint of the run that wrote it). Resuming
 compares the fingerprint first and refuses a directory written by another
 configuration (model shape, optimizer, SGG settings, schedule, data, seed),
@@ -97,25 +98,62 @@ def check_compatible(directory: str | pathlib.Path, cfg: Any) -> int | None:
   return step
 
 
-def _flat_arrays(*objs: Any) -> dict[str, jax.Array]:
-  out = {}
+def _is_placeholder(value: Any) -> bool:
+  """A state entry that holds no data: structure, not something to save.
+
+  ``optax.MaskedNode`` (the entry of a parameter a masked transformation
+  skips, e.g. SGG's cluster ids of a norm scale), ``None`` and empty
+  containers: pytrees without a leaf. The model rebuilds them itself, so a
+  checkpoint neither holds nor needs them.
+  """
+  return not jax.tree.leaves(value)
+
+
+def _flat_entries(*objs: Any) -> list[tuple[int, Any, str, Any]]:
+  """``(object index, path, key, variable)`` of every data entry.
+
+  Placeholders are left out; any other value that is not a ``jax.Array``
+  raises, instead of being silently left out of a checkpoint.
+  """
+  out = []
   for i, obj in enumerate(objs):
     for path, var in nnx.to_flat_state(nnx.state(obj)):
       value = var.get_value()
-      if isinstance(value, jax.Array):
-        out['/'.join(map(str, (i,) + tuple(path)))] = value
+      if _is_placeholder(value):
+        continue
+      key = '/'.join(map(str, (i,) + tuple(path)))
+      if not isinstance(value, jax.Array):
+        raise TypeError(f'cannot checkpoint {key}: a {type(value).__name__}, '
+                        'neither an array nor a placeholder')
+      out.append((i, path, key, var))
   return out
 
 
+def _flat_arrays(*objs: Any) -> dict[str, jax.Array]:
+  """Every array of ``objs`` by ``<index>/<path>`` (placeholders left out)."""
+  return {key: var.get_value() for _, _, key, var in _flat_entries(*objs)}
+
+
 def _restore_into(flat: dict[str, jax.Array], *objs: Any) -> None:
-  for i, obj in enumerate(objs):
-    new = []
-    for path, var in nnx.to_flat_state(nnx.state(obj)):
-      key = '/'.join(map(str, (i,) + tuple(path)))
-      if key not in flat:
-        raise CheckpointMismatchError(f'checkpoint lacks the array {key}')
-      new.append((path, var.replace(flat[key])))
-    nnx.update(obj, nnx.from_flat_state(new))
+  """Writes ``flat`` into ``objs``: every array, or (on a mismatch) none.
+
+  Raises:
+    CheckpointMismatchError: ``flat`` lacks one of the arrays of ``objs``
+      (placeholders need none), or holds it with another shape or dtype;
+      nothing is then written.
+  """
+  new: list[list[tuple[Any, Any]]] = [[] for _ in objs]
+  for i, path, key, var in _flat_entries(*objs):
+    if key not in flat:
+      raise CheckpointMismatchError(f'checkpoint lacks the array {key}')
+    got, want = flat[key], var.get_value()
+    if (tuple(got.shape), got.dtype) != (tuple(want.shape), want.dtype):
+      raise CheckpointMismatchError(
+        f'checkpoint holds {key} as {got.dtype}{list(got.shape)}, this run '
+        f'as {want.dtype}{list(want.shape)}')
+    new[i].append((path, var.replace(got)))
+  for obj, entries in zip(objs, new):  # only once all of them matched
+    nnx.update(obj, nnx.from_flat_state(entries))
 
 
 class Checkpointer:

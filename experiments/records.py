@@ -16,6 +16,7 @@ import pathlib
 import platform
 import subprocess
 import sys
+import tempfile
 from collections.abc import Sequence
 from typing import Any
 
@@ -91,6 +92,32 @@ def versions() -> dict[str, str | None]:
   return out
 
 
+# CPU features that decide how XLA:CPU rounds 16-bit floats (native FP16 or
+# BF16 arithmetic, AMX tiles) and how wide its vector loops are.
+_CPU_FLAGS = ('avx512', 'amx', 'f16c', 'avx_vnni', 'fma', 'avx2')
+
+
+def cpu() -> dict[str, Any]:
+  """The host CPU's model and the flags that change XLA:CPU's rounding.
+
+  A CPU run reproduces bitwise only on the same instruction set and the
+  same number of usable cores (``device()['cpu_affinity']``).
+  """
+  model, flags = platform.processor() or platform.machine(), []
+  try:
+    text = pathlib.Path('/proc/cpuinfo').read_text()
+  except OSError:
+    text = ''
+  for line in text.splitlines():
+    key, _, value = line.partition(':')
+    key = key.strip()
+    if key == 'model name':
+      model = value.strip()
+    elif key in ('flags', 'Features') and not flags:
+      flags = sorted(f for f in value.split() if f.startswith(_CPU_FLAGS))
+  return {'model': model, 'flags': flags}
+
+
 def device() -> dict[str, Any]:
   """The devices and host the process runs on.
 
@@ -109,6 +136,7 @@ def device() -> dict[str, Any]:
       'process_count': jax.process_count(), 'host': platform.node(),
       'cpu_count': os.cpu_count(),
       'cpu_affinity': len(os.sched_getaffinity(0)),
+      'cpu': cpu(),
   }
 
 
@@ -195,6 +223,15 @@ def write_json(path: str | os.PathLike[str], obj: Any) -> None:
   renamed onto ``path``), so a killed run never leaves half a file."""
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_suffix('.tmp')
-  tmp.write_text(json.dumps(obj, indent=1, default=json_default))
-  os.replace(tmp, path)
+  # A unique temporary name: two runs writing one path at once (or in the
+  # same second) never share a half-written file.
+  fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp',
+                             dir=path.parent)
+  try:
+    os.fchmod(fd, 0o644)  # mkstemp's 0o600 would hide results from others
+    with os.fdopen(fd, 'w') as f:
+      f.write(json.dumps(obj, indent=1, default=json_default))
+    os.replace(tmp, path)
+  except BaseException:
+    pathlib.Path(tmp).unlink(missing_ok=True)
+    raise

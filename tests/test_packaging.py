@@ -7,6 +7,7 @@ license and every public module.
 """
 
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -41,3 +42,35 @@ def test_the_readme_wheel_command_builds_a_complete_wheel(tmp_path):
   modules = {p.relative_to(ROOT).as_posix()
              for p in (ROOT / 'sgg_optax').rglob('*.py')}
   assert modules <= names, modules - names
+
+
+def _lower_bounds() -> dict[str, str]:
+  import tomllib
+  project = tomllib.loads((ROOT / 'pyproject.toml').read_text())['project']
+  return dict(dep.split('>=') for dep in project['dependencies'])
+
+
+def test_minimum_versions_are_said_once_and_tested():
+  """``pyproject.toml`` holds the minimum versions; the docs read them from
+  it (``|requirements|``, docs/conf.py), and CI's min_versions step installs
+  exactly those versions (``.ci/min-versions.txt``) and runs the core tests.
+  """
+  bounds = _lower_bounds()
+  pins = dict(line.split('==') for line in
+              (ROOT / '.ci' / 'min-versions.txt').read_text().splitlines()
+              if line and not line.startswith('#'))
+  for name, low in bounds.items():
+    assert pins.get(name) in (low, low + '.0'), (name, low, pins)
+  index = (ROOT / 'docs' / 'index.rst').read_text()
+  assert '|requirements|' in index
+  stale = re.findall(r'``(?:jax|optax|numpy)``\s*\(\s*[0-9.]+', index,
+                     flags=re.IGNORECASE)
+  assert not stale, stale
+  sys.path.insert(0, str(ROOT / 'docs'))
+  try:
+    import conf  # docs/conf.py
+  finally:
+    sys.path.remove(str(ROOT / 'docs'))
+  for name, low in bounds.items():
+    shown = {'numpy': 'NumPy'}.get(name, name)
+    assert f'``{shown}`` ({low} or later)' in conf.rst_epilog, name

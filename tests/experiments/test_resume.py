@@ -1,4 +1,19 @@
-"""`experiments.train` killed with SIGKILL during a save resumes correctly."""
+"""`experiments.train` killed with SIGKILL during a save resumes bitwise.
+
+One test per optimizer family of `experiments.train` (Adam, Adam+SGG in
+its chain and momentum forms, Adafactor+SGG, LoRA pre-training): the run is
+killed while orbax finalises a checkpoint, the same command resumes it from
+the last complete one, and its losses (the whole logged curves, SGG's
+diagnostics and the dev/test losses) equal those of the uninterrupted run
+bit for bit. SGG refreshes before the resumed checkpoint and after it.
+
+Cost: the uninterrupted reference runs first in the process that is then
+killed (`_kill_during_save --before`), which therefore compiles nothing
+again, and every process shares one persistent compilation cache, so the
+resuming process loads its executables instead of compiling them. XLA
+compiles at backend optimisation level 0, which halves the compile time
+(most of each run's) and changes nothing a checkpoint does.
+"""
 
 import json
 import os
@@ -6,33 +21,91 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
+import sgg_optax
+
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-ARGS = ['--smoke', '--mesh', 'data=1', '--ckpt-every', '2', '--no-progress']
+STEPS, CKPT_EVERY, KILLED_AT, INTERVAL = 8, 3, 6, 2
+RESUMED_FROM = KILLED_AT - CKPT_EVERY
+COMMON = [
+  '--preset', 'tiny', '--n-layers', '1', '--dim', '64', '--vocab-size',
+  '512', '--seq-len', '32', '--batch-size', '4', '--steps', str(STEPS),
+  '--eval-windows', '4', '--log-every', '1', '--recluster-interval',
+  str(INTERVAL), '--beta3', '0.5', '--ckpt-every', str(CKPT_EVERY),
+  '--mesh', 'data=1', '--no-progress']
+FAMILIES = {
+  'adam': ['--optimizer', 'adam'],
+  'adam_sgg': ['--optimizer', 'adam_sgg'],
+  'adam_sgg_momentum': ['--optimizer', 'adam_sgg_momentum'],
+  'adafactor_sgg': ['--optimizer', 'adafactor_sgg'],
+  'lora_adam_sgg': ['--optimizer', 'adam_sgg', '--lora-rank', '2'],
+}
 
 
-def _run(args):
-  env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS='cpu')
-  env.pop('XLA_FLAGS', None)
+@pytest.fixture(scope='module')
+def compile_cache(tmp_path_factory):
+  return tmp_path_factory.mktemp('jax_cache')
+
+
+def _run(args, cache):
+  env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS='cpu',
+             JAX_COMPILATION_CACHE_DIR=str(cache),
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
+             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0')
+  env['XLA_FLAGS'] = '--xla_backend_optimization_level=0'
   return subprocess.run([sys.executable, '-m', *args], cwd=ROOT, env=env,
-                        capture_output=True, text=True, timeout=180)
+                        capture_output=True, text=True, timeout=300)
 
 
-def test_sigkill_during_a_save_resumes_from_the_last_complete_one(tmp_path):
+def test_the_settings_refresh_sgg_before_and_after_the_resumed_step():
+  refreshes = [i for i in range(STEPS)
+               if sgg_optax.refresh_due(i, INTERVAL)]
+  assert min(refreshes) < RESUMED_FROM <= max(refreshes)
+  assert RESUMED_FROM % INTERVAL  # resumed in the middle of an interval
+
+
+@pytest.mark.parametrize('family', list(FAMILIES))
+def test_sigkill_during_a_save_resumes_bitwise(tmp_path, compile_cache,
+                                               family):
   ckpt, out = tmp_path / 'ckpt', tmp_path / 'result.json'
-  args = ARGS + ['--ckpt-dir', str(ckpt), '--out', str(out)]
-  # Killed while orbax finalises checkpoint 4 (its files all written).
-  killed = _run(['tests.experiments._kill_during_save', '4', *args])
+  args = COMMON + FAMILIES[family] + ['--ckpt-dir', str(ckpt), '--out',
+                                      str(out)]
+  ref_out = tmp_path / 'reference.json'
+  reference_args = COMMON + FAMILIES[family] + [
+    '--ckpt-dir', str(tmp_path / 'reference_ckpt'), '--out', str(ref_out)]
+  # The reference runs to its end; then the same command is killed while
+  # orbax finalises checkpoint KILLED_AT (its files all written).
+  killed = _run(['tests.experiments._kill_during_save', str(KILLED_AT),
+                 '--before', json.dumps(reference_args), *args],
+                compile_cache)
   assert killed.returncode == -9, killed.stderr
   assert sorted(p.name for p in ckpt.iterdir()) == [
-    '2', '4.orbax-checkpoint-tmp']
+    str(RESUMED_FROM), f'{KILLED_AT}.orbax-checkpoint-tmp']
   assert not out.exists()
 
-  resumed = _run(['experiments.train', *args])
+  resumed = _run(['experiments.train', *args], compile_cache)
   assert resumed.returncode == 0, resumed.stderr
-  assert f'resumed from step 2 (checkpoint {ckpt})' in resumed.stderr
-  result = json.loads(out.read_text())
-  assert result['resumed_from_step'] == 2
-  assert [p[0] for p in result['curves']['train']] == list(range(6))
-  assert result['dev_loss'] is not None and not result['diverged']
-  assert sorted(p.name for p in ckpt.iterdir()) == ['4', '6']
+  assert (f'resumed from step {RESUMED_FROM} (checkpoint {ckpt})'
+          in resumed.stderr)
+  assert sorted(p.name for p in ckpt.iterdir()) == [
+    str(KILLED_AT), str(STEPS)]
 
+  got, want = json.loads(out.read_text()), json.loads(ref_out.read_text())
+  assert got['resumed_from_step'] == RESUMED_FROM
+  assert want['resumed_from_step'] is None
+  assert not got['diverged'] and got['test_loss'] is not None
+  assert [p[0] for p in got['curves']['train']] == list(range(STEPS))
+  # Bitwise: JSON writes each float's repr, which reads back exactly.
+  assert got['curves']['train'] == want['curves']['train']
+  for key in ('dev_loss', 'test_loss', 'final_train_loss',
+              'clamped_fraction'):
+    assert got[key] == want[key], key
+  assert got['curves'] == want['curves']  # dev/test and SGG diagnostics
+  if family != 'adam':
+    diag = {d['step']: d for d in got['curves']['sgg']}
+    before = max(s for s in diag if s <= RESUMED_FROM)
+    # SGG had refreshed (scales moved from 1) before the checkpoint, and
+    # refreshed again after it (its scales moved on).
+    assert diag[before]['max_abs_dev'] > 0
+    assert diag[STEPS]['scales'] != diag[before]['scales']
