@@ -156,6 +156,31 @@ def _restore_into(flat: dict[str, jax.Array], *objs: Any) -> None:
     nnx.update(obj, nnx.from_flat_state(entries))
 
 
+def _check_stored_keys(manager: Any, step: int, wanted: dict[str, Any]
+                       ) -> None:
+  """Refuses, before reading any array, a checkpoint that lacks one.
+
+  sgg_optax 0.1.x kept SGG's per-layer statistics as one array per
+  parameter (``.../sgg_state/scales/0``, ``.../scales/1``, ...) where 0.2
+  keeps one (``.../sgg_state/scales``): such a checkpoint is named as such.
+  """
+  try:
+    stored = set(manager.item_metadata(step)['state'])
+  except Exception:  # noqa: BLE001  # no metadata: restore checks it
+    return
+  missing = sorted(set(wanted) - stored)
+  if not missing:
+    return
+  if any(f'{key}/0' in stored for key in missing):
+    raise CheckpointMismatchError(
+      f'checkpoint step {step} holds SGG state in the layout of sgg_optax '
+      f'0.1.x (e.g. {missing[0]}/0, one array per parameter); this version '
+      'keeps one array per statistic. Resume it with sgg_optax 0.1.x, or '
+      'start a new --ckpt-dir (library users: restore without a target '
+      'and convert with sgg_optax.upgrade_state)')
+  raise CheckpointMismatchError(f'checkpoint lacks the array {missing[0]}')
+
+
 class Checkpointer:
   """Save/resume of the model, optimizer and curves (multi-host safe)."""
 
@@ -176,6 +201,7 @@ class Checkpointer:
     abstract = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
       _flat_arrays(model, opt))
+    _check_stored_keys(self.manager, step, abstract)
     got = self.manager.restore(step, args=ocp.args.Composite(
       state=ocp.args.StandardRestore(abstract),
       curves=ocp.args.JsonRestore()))

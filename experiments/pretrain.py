@@ -129,6 +129,28 @@ class Runner:
     return result
 
 
+class StoredRuns(Runner):
+  """A `Runner` that trains nothing: it returns the run JSONs in ``out/runs``.
+
+  A run is found by its configuration (the stored one's fields), whatever
+  code wrote it, so `compare` rebuilds a committed folder's table from its
+  run JSONs (`--from-runs`); a configuration with no run JSON is an error.
+  """
+
+  def __init__(self, out: pathlib.Path):
+    super().__init__(out, fresh=False, progress=False, argv=[])
+    self._stored = [json.loads(p.read_text())
+                    for p in sorted((out / 'runs').glob('*.json'))]
+
+  def run(self, cfg: TrainConfig) -> dict[str, Any]:
+    want = dataclasses.asdict(cfg)
+    for result in self._stored:
+      if all(want.get(k) == v for k, v in result['config'].items()):
+        self.n_reused += 1
+        return result
+    raise LookupError(f'no run JSON in {self.out}/runs for {_tag(cfg)}')
+
+
 def _score(result: dict[str, Any], split: str = 'dev') -> float:
   loss = result[f'{split}_loss']
   return math.inf if result['diverged'] or loss is None else loss
@@ -329,6 +351,38 @@ def compare_table(result: dict[str, Any]) -> str:
                  f'{_fmt(s["ppl_mean"], s["ppl_std"]).strip()}{div} | '
                  f'{dtext} | {dev} | {clamped} |')
   return '\n'.join(lines)
+
+
+def compare_title(result: dict[str, Any], base: TrainConfig,
+                  lrs: Sequence[float]) -> str:
+  """The heading of `compare_table`: the model, the data and the budget."""
+  first = next(iter(result['summary'].values()))
+  return (f'Experiment 1: tuned comparison ({result["n_params"]:,} '
+          f'parameters, {first["tokens_per_run"]:,} training tokens per run, '
+          f'{base.corpus}, seq {base.seq_len}, batch {base.batch_size}, '
+          f'{base.steps} steps, Adam b2 {base.b2}, initial LR grid '
+          f'{list(lrs)}; test = {base.eval_windows or "all"} windows spanning '
+          f'{result["eval_span"]:.0%} of the held-out split)')
+
+
+def stored_compare(argv: Sequence[str] = ()) -> tuple[str, dict[str, Any]]:
+  """Experiment 1's heading and table, rebuilt from committed run JSONs.
+
+  Args:
+    argv: the command line that produced the folder (its ``COMMAND.txt``),
+      plus ``--out`` naming the folder; nothing is trained or written.
+
+  Returns:
+    What ``--from-runs`` prints (the heading, a blank line, the table), and
+    `compare`'s result (its summary holds every arm's test PPL per seed).
+  """
+  parser = build_parser()
+  args = parser.parse_args(list(argv))
+  base, s = _settings(parser, args, check=False)
+  res, _ = compare(base, StoredRuns(pathlib.Path(args.out)), s['optimizers'],
+                   s['lrs'], s['seeds'], args.tune, s['t_frac'],
+                   args.tune_seed, s['max_extensions'])
+  return f'{compare_title(res, base, s["lrs"])}\n\n{compare_table(res)}', res
 
 
 # ------------------------------------------------------------------------------
@@ -587,6 +641,10 @@ def build_parser() -> argparse.ArgumentParser:
                            'result exists (0: the grid middle)')
   parser.add_argument('--fresh', action='store_true',
                       help='rerun runs whose JSON already exists')
+  parser.add_argument('--from-runs', action='store_true',
+                      help="print experiment 1's table from the run JSONs "
+                           'in --out/runs (any code version), training and '
+                           'writing nothing')
   parser.add_argument('--smoke', action='store_true',
                       help='seconds-long runs of a 1-layer model (CI)')
   parser.add_argument('--progress', action=argparse.BooleanOptionalAction,
@@ -613,9 +671,10 @@ def write_command(out: pathlib.Path, command: str) -> None:
     path.write_text('\n'.join(lines + header + [command]) + '\n')
 
 
-def _settings(parser: argparse.ArgumentParser, args: argparse.Namespace
-              ) -> tuple[TrainConfig, dict[str, Any]]:
-  """The shared configuration and the experiments' settings, validated."""
+def _settings(parser: argparse.ArgumentParser, args: argparse.Namespace,
+              check: bool = True) -> tuple[TrainConfig, dict[str, Any]]:
+  """The shared configuration and the experiments' settings, validated
+  (``check``: also against the devices and the corpus)."""
   base = train_lib.config_from_args(args, DEFAULTS)
   s = dict(optimizers=args.optimizers, lrs=args.lrs, seeds=args.seeds,
            mults=args.lr_multipliers, t_frac=args.t_frac,
@@ -637,13 +696,17 @@ def _settings(parser: argparse.ArgumentParser, args: argparse.Namespace
     parser.error(f'argument --tune-seed: {args.tune_seed} is one of the '
                  f'reported seeds 0..{s["seeds"] - 1}; use one >= '
                  f'{s["seeds"]}')
-  train_lib.check_config(parser, base, s['batch_sizes'])
+  if check:
+    train_lib.check_config(parser, base, s['batch_sizes'])
   return base, s
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   parser = build_parser()
   args = parser.parse_args(argv)
+  if args.from_runs:
+    print(stored_compare(sys.argv[1:] if argv is None else argv)[0])
+    return {}
   train_lib.init_distributed(args.coordinator, args.num_processes,
                              args.process_id, args.distributed)
   base, s = _settings(parser, args)
@@ -713,13 +776,7 @@ def _compare(args: argparse.Namespace, base: TrainConfig, s: dict[str, Any],
                       args.tune, s['t_frac'], args.tune_seed,
                       s['max_extensions'])
   _write(out, 'compare.json', res)
-  first = res['summary'][s['optimizers'][0]]
-  info = (f'{res["n_params"]:,} parameters, {first["tokens_per_run"]:,} '
-          f'training tokens per run, {base.corpus}, seq {base.seq_len}, '
-          f'batch {base.batch_size}, {base.steps} steps, Adam b2 {base.b2}, '
-          f'initial LR grid {s["lrs"]}; test = {base.eval_windows or "all"} '
-          f'windows spanning {res["eval_span"]:.0%} of the held-out split')
-  show(f'Experiment 1: tuned comparison ({info})', compare_table(res))
+  show(compare_title(res, base, s['lrs']), compare_table(res))
   plots.plot_compare(res['summary'], runs, out / 'compare_curves.png',
                      LABELS)
   plots.plot_lr_sweep(res['sweep'], out / 'compare_lr_sweep.png', LABELS)

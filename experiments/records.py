@@ -141,7 +141,7 @@ def device() -> dict[str, Any]:
 
 
 # Environment variables that change what XLA compiles or how fast it runs
-# (the host allocator's, too: see the README's performance section).
+# (the host allocator's, too: see docs/performance.md).
 _ENV = ('XLA_FLAGS', 'GLIBC_TUNABLES', 'LD_PRELOAD', 'MALLOC_ARENA_MAX')
 
 

@@ -26,13 +26,15 @@ from sgg_optax._src.transform import (
     sgg,
     with_sgg,
 )
+from sgg_optax._src.upgrade import StateMismatchError, upgrade_state
 
-__version__ = '0.1.0'
+__version__ = '0.2.0'
 
 __all__ = (
     'ClusterSummary',
     'SGGState',
     'SGGWrapperState',
+    'StateMismatchError',
     'adafactor_sgg',
     'adamw_sgg',
     'cluster_summary',
@@ -44,5 +46,6 @@ __all__ = (
     'sgg',
     'state_partition_specs',
     'state_shardings',
+    'upgrade_state',
     'with_sgg',
 )

@@ -7,6 +7,7 @@ select ``long`` with ``pytest --hypothesis-profile=long`` (or the
 
 import os
 
+import pytest
 from hypothesis import HealthCheck, settings
 
 # JAX compiles per tree, shape and dtype, so one example costs seconds: no
@@ -27,3 +28,28 @@ def pytest_configure(config):
   profile = config.getoption('--hypothesis-profile', None)
   if profile:
     settings.load_profile(profile)
+
+
+# Parametrized cases marked `slow` here rather than in their parametrize
+# lists (others are rewriting those files): the rest of each test stays in
+# the fast set, which keeps every form and assignment. A renamed case just
+# runs in the fast set.
+_SLOW_CASES = {
+    # Each form and each assignment once in the fast set.
+    'tests/test_compile.py::'
+    'test_more_layers_of_the_same_shapes_compile_no_new_kernel': (
+        '[with_sgg-dynamic]', '[chain link-frozen]'),
+    # The layer axis sharded alone in the fast set (every form, K and
+    # assignment); also on 'model': slow.
+    'tests/test_sharding.py::test_stacked_layers_sharded_on_the_layer_axis': (
+        "-P('data', 'model', None)]",),
+}
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects
+def pytest_collection_modifyitems(config, items):
+  del config
+  for item in items:
+    name, _, params = item.nodeid.partition('[')
+    if any(case in '[' + params for case in _SLOW_CASES.get(name, ())):
+      item.add_marker(pytest.mark.slow)

@@ -47,6 +47,7 @@ def _assert_bitwise(actual, expected):
   jax.tree.map(np.testing.assert_array_equal, actual, expected)
 
 
+@pytest.mark.slow  # a fresh interpreter that imports jax and orbax
 def test_resume_in_a_fresh_process_is_bitwise_identical(mid_run):
   directory, _ = mid_run
   env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS='cpu')

@@ -45,7 +45,14 @@ def test_every_snippet_is_shown_on_a_page():
   assert sorted(shown) == [p.name for p in SNIPPETS]
 
 
-@pytest.mark.parametrize('path', SNIPPETS, ids=lambda p: p.stem)
+# The longest scripts run in the `slow` set (their features are tested in
+# the fast set: tests/test_sharding.py, tests/test_checkpoint.py).
+SLOW = {'sharding.py', 'checkpoints.py'}
+
+
+@pytest.mark.parametrize('path', [
+    pytest.param(p, marks=pytest.mark.slow) if p.name in SLOW else p
+    for p in SNIPPETS], ids=lambda p: p.stem)
 def test_snippet_runs_and_prints_the_documented_output(path):
   source = path.read_text()
   for module in ('flax', 'orbax'):

@@ -66,8 +66,16 @@ def _scales(state):
   return np.concatenate([np.ravel(x) for x in s.scales])
 
 
-@pytest.mark.parametrize('assignment', ['frozen', 'dynamic'])
-@pytest.mark.parametrize('form', list(FORMS))
+# Every form and both assignments in the fast set (one assignment per form);
+# the other four cases run in the `slow` set.
+_FAST = {('chain', 'frozen'), ('with_sgg', 'dynamic'),
+         ('adamw_sgg', 'frozen'), ('inject_hyperparams', 'dynamic')}
+
+
+@pytest.mark.parametrize('form,assignment', [
+    pytest.param(form, assignment, id=f'{form}-{assignment}',
+                 marks=() if (form, assignment) in _FAST else pytest.mark.slow)
+    for form in FORMS for assignment in ('frozen', 'dynamic')])
 def test_loop_decided_refresh_gives_the_default_results(form, assignment):
   tx = FORMS[form](assignment=assignment)
   want = _run(tx, lambda i: 'default')
@@ -149,8 +157,10 @@ def test_traced_refresh_argument_is_rejected():
 def test_numpy_bool_is_accepted():
   tx = FORMS['chain']()
   params = _params()
-  _, state = tx.update(_grads(0), tx.init(params), params,
-                       sgg_refresh=np.bool_(True))
+  # Jitted (the argument is read while tracing, as in eager mode): op by op,
+  # the refresh takes seconds.
+  update = jax.jit(functools.partial(tx.update, sgg_refresh=np.bool_(True)))
+  _, state = update(_grads(0), tx.init(params), params)
   assert int(state[1].refreshes[0]) == 1
 
 

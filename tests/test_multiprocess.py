@@ -15,6 +15,8 @@ import pytest
 from tests import _problem
 from tests._rows import rows
 
+pytestmark = pytest.mark.slow  # a 2-process cluster of fresh interpreters
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 TIMEOUT_S = 90
 

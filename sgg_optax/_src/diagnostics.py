@@ -145,8 +145,9 @@ def cluster_summary(opt_state: Any, names: Sequence[str] | None = None
       one (e.g. the state of an :func:`optax.chain`, an
       ``nnx.Optimizer``'s ``opt_state``).
     names: row names, e.g. from :func:`group_names`. By default the rows
-      are named after the parameters when the state stores ids (a stacked
-      parameter's slices as ``'path[i]'``), else ``'group_<g>'``.
+      are named after the parameters when the state stores ids and every
+      grouped parameter is one layer, or every one stacks layers (a
+      slice named ``'path[i]'``); else ``'group_<g>'``.
 
   Returns:
     A :class:`ClusterSummary` of host NumPy arrays.
@@ -170,28 +171,25 @@ def cluster_summary(opt_state: Any, names: Sequence[str] | None = None
   state = jax.tree.map(_unwrap, states[0],
                        is_leaf=lambda x: hasattr(x, 'get_value'))
   host = lambda x: np.asarray(jax.device_get(x))
-  k = state.scales[0].shape[-1] if state.scales else 0
-  rows = lambda arrays, *tail: np.concatenate(
-      [host(a).reshape((-1,) + tail) for a in arrays]) if arrays else (
-          np.zeros((0,) + tail))
-  scales = rows(state.scales, k)
+  scales = host(state.scales)
   num_groups = scales.shape[0]
   if names is None:
     flat = jax.tree_util.tree_flatten_with_path(
         state.ids, is_leaf=lambda x: isinstance(x, optax.MaskedNode))[0]
-    paths = [_path_name(p) for p, x in flat
-             if not isinstance(x, optax.MaskedNode)]
-    names = []
-    if len(paths) == len(state.scales):
-      for path, s in zip(paths, state.scales):
-        names += ([f'{path}[{i}]' for i in range(s.shape[0])] if s.ndim > 1
-                  else [path])
-    else:
+    ids = [(_path_name(p), x.shape) for p, x in flat
+           if not isinstance(x, optax.MaskedNode)]
+    if len(ids) == num_groups:  # one row per parameter
+      names = [path for path, _ in ids]
+    elif ids and all(shape for _, shape in ids) and sum(
+        shape[0] for _, shape in ids) == num_groups:  # all stacked
+      names = [f'{path}[{i}]' for path, shape in ids
+               for i in range(shape[0])]
+    else:  # no ids, or stacked and plain parameters mixed: group_names
       names = [f'group_{g}' for g in range(num_groups)]
   if len(names) != num_groups:
     raise ValueError(f'Got {len(names)} names for {num_groups} layers.')
   return ClusterSummary(
-      tuple(names), int(host(state.count)), scales,
-      rows(state.fractions, k), rows(state.centres, k),
-      rows(state.cluster_stats, k), float(host(state.global_stat)),
-      rows(state.refreshes).astype(np.int64))
+      tuple(names), int(host(state.count)), scales, host(state.fractions),
+      host(state.centres), host(state.cluster_stats),
+      float(host(state.global_stat)),
+      host(state.refreshes).astype(np.int64))

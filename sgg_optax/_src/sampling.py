@@ -53,7 +53,7 @@ class LeafLayout(NamedTuple):
   """One grouped parameter: its rows and how the refresh samples it.
 
   Attributes:
-    index: position of the parameter in SGG's per-layer tuples.
+    index: position of the parameter among the grouped parameters.
     offset: first row of this parameter among all grouped rows.
     stacked: whether the leading axis indexes layers.
     rows: number of rows (layers): 1, or the stacked axis length.
@@ -186,19 +186,31 @@ def sample_leaf(x: jax.Array, layout: LeafLayout, u: jax.Array
   return out.reshape(layout.rows, layout.count)
 
 
-def opaque_ints(values: Sequence[int], true: jax.Array
+def opaque_ints(values: Sequence[int], runtime: jax.Array
                 ) -> tuple[jax.Array, ...]:
-  """int32 scalars equal to ``values`` that the compiler cannot fold.
+  """int32 values equal to ``values`` that the compiler cannot fold.
 
-  ``true`` must be true at run time and unknown when compiling. XLA compiles
-  one kernel per distinct fused computation: a kernel that reads layer ``i``
-  at a constant offset differs from every other layer's, while one that
-  reads it at an offset held in a buffer is the same for all layers of a
-  shape, so it is compiled once. The values come out of a ``lax.cond``,
-  whose results are buffers.
+  XLA compiles one kernel per distinct fused computation: a kernel that
+  reads layer ``i``'s rows of a stacked ``(G, K)`` statistic at a constant
+  offset differs from every other layer's, while one that reads them at an
+  offset held in a buffer of its own is the same for all layers of a shape,
+  so it is compiled once. The offsets come out of one small sort keyed on
+  ``runtime`` (any int32 scalar known only at run time, e.g. the step
+  count): a sort's results are separate buffers, and each offset is a pair
+  of equal values, so whatever order the keys give, its first entry is the
+  offset. (A ``lax.cond`` would do the same, but a conditional costs a host
+  round trip per step on GPU.)
+
+  Returns:
+    One int32 scalar per value.
   """
-  return jax.lax.cond(true, lambda: tuple(jnp.int32(int(v)) for v in values),
-                      lambda: tuple(jnp.int32(0) for _ in values))
+  values = [int(v) for v in values]
+  if not values:
+    return ()
+  key = jnp.stack([runtime, runtime + 1]).astype(jnp.int32)
+  pairs = jax.lax.sort((key,) + tuple(jnp.full((2,), v, jnp.int32)
+                                      for v in values), num_keys=1)
+  return tuple(p[0] for p in pairs[1:])
 
 
 def _replicated(fn):
@@ -240,7 +252,7 @@ def stack_samples(stats: Sequence[jax.Array], layouts: Sequence[LeafLayout],
     # compiled once (see ``opaque_ints``).
     u = jax.random.uniform(jax.random.fold_in(jax.random.key(0), seed),
                            (max(int(starts[-1]), 1), DRAWS))
-    offsets = opaque_ints(starts[:-1], seed >= 0)
+    offsets = opaque_ints(starts[:-1], seed)
     rows = [jnp.pad(sample_leaf(x, lay, jax.lax.dynamic_slice_in_dim(
                         u, offsets[i], cells(lay))),
                     ((0, 0), (0, sample_size - lay.count)))

@@ -2,7 +2,8 @@
 
 SGG's state is laid out for sharding tools: every per-element array (the
 ``uint8`` cluster ids) has its parameter's shape and is sharded like it, and
-every per-layer statistic is a small ``(K,)`` array, replicated.
+the per-layer statistics are a few small ``(G, K)`` arrays (one row per
+grouped layer), replicated.
 The helpers here turn the parameters' partition specs into the specs (or
 :class:`jax.sharding.NamedSharding` objects) of a whole optimizer state, for
 ``jax.jit(..., in_shardings=..., out_shardings=...)``, ``jax.device_put`` and
@@ -95,7 +96,7 @@ def state_partition_specs(
     >>> specs = sgg_optax.state_partition_specs(
     ...     tx, params, {'w': P('data'), 'b': P()})
     >>> print(specs[0].mu['w'], specs[1].ids['w'], specs[1].scales)
-    P('data',) P('data',) (P(),)
+    P('data',) P('data',) P()
     >>> print(specs[1].ids['b'])
     MaskedNode()
 
@@ -126,7 +127,7 @@ def state_partition_specs(
   specs = optax.tree_map_params(
       init, param_like, abstract, params, specs,
       transform_non_params=lambda _: PartitionSpec(), is_leaf=_is_masked)
-  # A spec may stand for a whole subtree (SGG's per-layer tuples): give
+  # A spec may stand for a whole subtree (e.g. a non-parameter tuple): give
   # every leaf of the state its own entry.
   return jax.tree.map(
       lambda spec, sub: jax.tree.map(lambda _: spec, sub, is_leaf=_is_masked),

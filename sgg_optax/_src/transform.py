@@ -2,7 +2,7 @@
 
 import dataclasses
 import operator
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -22,26 +22,31 @@ class SGGState(NamedTuple):
   """State of :func:`sgg`.
 
   Per-parameter state is parameter-shaped (it follows the parameter's
-  sharding). Per-layer statistics are flat tuples with one small float32
-  array per grouped parameter, in tree order: ``(K,)`` for a parameter, or
-  ``(L, K)`` for one that stacks ``L`` layers (``stacked_layers``). A tuple
-  lets XLA compile one kernel for all parameters of a shape, where rows of
-  one stacked array would make every parameter's kernel distinct.
+  sharding). Per-layer statistics are a fixed number of small replicated
+  arrays, whatever the depth: one row per grouped layer, ``G`` rows in all,
+  in tree order (a parameter that stacks ``L`` layers, ``stacked_layers``,
+  owns ``L`` consecutive rows). A step passes these few arrays in and out,
+  not a handful per parameter; each parameter reads its rows at an offset
+  the compiler cannot fold (``sampling.opaque_ints``), so parameters of one
+  shape still share one compiled kernel. :func:`cluster_summary` names the
+  rows.
 
   Attributes:
     count: int32 number of updates so far.
     ids: a tree like the parameters: ``uint8`` cluster id of every element of
       a grouped parameter, :class:`optax.MaskedNode` for ungrouped ones (and
       for all of them with ``assignment='dynamic'``, which stores no ids).
-    centres: sorted K-means centres of the clustered statistic.
-    scales: scaling factor of each cluster (1 until the first refresh).
-    cluster_stats: the rule's per-cluster statistic at the last refresh:
-      the MDA :math:`D_{l,c}` (``'mda'``) or the EMA of the cluster means
-      (``'reference'``).
-    fractions: share of the layer's elements in each cluster at the last
-      refresh (estimated on the refresh sample).
-    refreshes: int32 number of refreshes that updated each layer (shape
-      ``()`` or ``(L,)``); 0 means the layer has never been clustered.
+    centres: ``(G, K)`` float32 sorted K-means centres of the clustered
+      statistic.
+    scales: ``(G, K)`` float32 scaling factor of each cluster (1 until the
+      first refresh).
+    cluster_stats: ``(G, K)`` float32 rule's per-cluster statistic at the
+      last refresh: the MDA :math:`D_{l,c}` (``'mda'``) or the EMA of the
+      cluster means (``'reference'``).
+    fractions: ``(G, K)`` float32 share of the layer's elements in each
+      cluster at the last refresh (estimated on the refresh sample).
+    refreshes: ``(G,)`` int32 number of refreshes that updated each layer;
+      0 means the layer has never been clustered.
     global_stat: float32 model-wide deviation :math:`D` at the last refresh.
 
   Example:
@@ -49,8 +54,8 @@ class SGGState(NamedTuple):
     >>> params = {'w': jnp.ones((4, 3)), 'blocks': jnp.ones((2, 8, 8))}
     >>> state = sgg_optax.sgg(stacked_layers={'w': False, 'blocks': True}
     ...                       ).init(params)
-    >>> print([s.shape for s in state.scales], state.ids['w'].dtype)
-    [(2, 3), (3,)] uint8
+    >>> print(state.scales.shape, state.ids['w'].dtype)
+    (3, 3) uint8
 
   References:
     Li et al., `Taming LLMs by Scaling Learning Rates with Gradient Grouping
@@ -58,11 +63,11 @@ class SGGState(NamedTuple):
   """
   count: jax.Array  # type: ignore[assignment]  # shadows tuple.count
   ids: optax.Updates
-  centres: tuple[jax.Array, ...]
-  scales: tuple[jax.Array, ...]
-  cluster_stats: tuple[jax.Array, ...]
-  fractions: tuple[jax.Array, ...]
-  refreshes: tuple[jax.Array, ...]
+  centres: jax.Array
+  scales: jax.Array
+  cluster_stats: jax.Array
+  fractions: jax.Array
+  refreshes: jax.Array
   global_stat: jax.Array
 
 
@@ -219,49 +224,28 @@ def _init(params: optax.Params, cfg: _Config) -> SGGState:
   treedef: Any
   leaves, treedef = jax.tree.flatten(params)
   layouts = _plan(params, cfg)
-  lays = [lay for lay in layouts if lay is not None]
   keep_ids = cfg.assignment == 'frozen'
   ids = treedef.unflatten([
       jnp.zeros_like(p, dtype=jnp.uint8) if lay is not None and keep_ids
       else optax.MaskedNode() for p, lay in zip(leaves, layouts)])
-  k = (cfg.num_clusters,)
-
-  def stats(value: float, dtype: Any = jnp.float32) -> Any:
-    if not leaves:
-      # No leaves (e.g. optax.tree_map_params' placeholder): one empty
-      # array, a pytree prefix of the tuple that real parameters give.
-      return jnp.zeros((0,), dtype)
-    shape = k if dtype == jnp.float32 else ()
-    return tuple(jnp.full(lay.batch + shape, value, dtype) for lay in lays)
-
+  rows = sum(lay.rows for lay in layouts if lay is not None)
+  stat = lambda value: jnp.full((rows, cfg.num_clusters), value, jnp.float32)
   return SGGState(
-      count=jnp.zeros([], jnp.int32), ids=ids, centres=stats(0.0),
-      scales=stats(1.0), cluster_stats=stats(0.0), fractions=stats(0.0),
-      refreshes=stats(0, jnp.int32), global_stat=jnp.zeros([], jnp.float32))
+      count=jnp.zeros([], jnp.int32), ids=ids, centres=stat(0.0),
+      scales=stat(1.0), cluster_stats=stat(0.0), fractions=stat(0.0),
+      refreshes=jnp.zeros((rows,), jnp.int32),
+      global_stat=jnp.zeros([], jnp.float32))
 
 
 class _Refreshed(NamedTuple):
-  """SGG's per-layer statistics after a (possibly skipped) refresh."""
-  centres: tuple[jax.Array, ...]
-  scales: tuple[jax.Array, ...]
-  cluster_stats: tuple[jax.Array, ...]
-  fractions: tuple[jax.Array, ...]
-  refreshes: tuple[jax.Array, ...]
+  """SGG's ``(G, ...)`` per-layer statistics after a (possibly skipped)
+  refresh."""
+  centres: jax.Array
+  scales: jax.Array
+  cluster_stats: jax.Array
+  fractions: jax.Array
+  refreshes: jax.Array
   global_stat: jax.Array
-
-
-def _stack(arrays: Sequence[jax.Array], lays) -> jax.Array:
-  """Per-parameter statistics as one ``(G, ...)`` array, one row a layer."""
-  return jnp.concatenate([a.reshape((lay.rows,) + a.shape[len(lay.batch):])
-                          for a, lay in zip(arrays, lays)])
-
-
-def _split(stacked: jax.Array, lays, offsets) -> tuple[jax.Array, ...]:
-  """The inverse of :func:`_stack`; ``offsets`` are the layers' first rows,
-  as :func:`sampling.opaque_ints`."""
-  return tuple(jax.lax.dynamic_slice_in_dim(
-      stacked, offsets[i], lay.rows).reshape(lay.batch + stacked.shape[1:])
-               for i, lay in enumerate(lays))
 
 
 def _refresh(x: jax.Array, lays, state: SGGState, cfg: _Config
@@ -269,9 +253,8 @@ def _refresh(x: jax.Array, lays, state: SGGState, cfg: _Config
   """K-means and new scales from the ``(G, S)`` sample of the statistic."""
   k, f32 = cfg.num_clusters, lambda v: jnp.asarray(v, jnp.float32)
   centres0, scales0, cstats0, fractions0, refreshes0 = (
-      _stack(a, lays) for a in (state.centres, state.scales,
-                                state.cluster_stats, state.fractions,
-                                state.refreshes))
+      state.centres, state.scales, state.cluster_stats, state.fractions,
+      state.refreshes)
   weights = sampling.sample_weights(lays, cfg.sample_size)
   finite = jnp.all(jnp.isfinite(x) | (weights == 0), axis=-1)
   valid = (weights > 0) & finite[:, None]
@@ -310,10 +293,7 @@ def _refresh(x: jax.Array, lays, state: SGGState, cfg: _Config
   stacked = (pick(centres, centres0), pick(new.scales, scales0),
              pick(new.cluster_stats, cstats0), pick(fractions, fractions0),
              refreshes0 + ok)
-  true = jnp.all(refreshes0 >= 0)
-  offsets = sampling.opaque_ints([lay.offset for lay in lays], true)
-  c, s, cs, fr, rf = (_split(a, lays, offsets)
-                      for a in _materialised(stacked, true))
+  c, s, cs, fr, rf = _materialised(stacked, jnp.all(refreshes0 >= 0))
   glob = jnp.where(global_ok, new.global_stat, state.global_stat)
   return _Refreshed(c, s, cs, fr, rf, glob.astype(jnp.float32))
 
@@ -321,13 +301,13 @@ def _refresh(x: jax.Array, lays, state: SGGState, cfg: _Config
 def _materialised(tree: Any, true: jax.Array) -> Any:
   """``tree``, computed into buffers before anything reads it.
 
-  The refresh's ``(G, ...)`` results are cut into G per-layer arrays. Left to
-  itself, XLA fuses the refresh's tail (medians, clamp, EMA) into each of
-  those G slices (``optimization_barrier`` does not stop it on CPU). A
-  ``lax.cond`` on a predicate that is always true but unknown to the
-  compiler (``true``) returns its results in buffers, so each slice only
-  reads its rows (at an offset in a buffer too, so that all the slices of a
-  shape are one kernel; see :func:`sampling.opaque_ints`).
+  Every parameter's scaling reads its rows of the refreshed ``(G, K)``
+  statistics. Left to itself, XLA fuses the refresh's tail (medians, clamp,
+  EMA) into each of those reads (``optimization_barrier`` does not stop it
+  on CPU), so every parameter's kernel would recompute it and differ from
+  the others. A ``lax.cond`` on a predicate that is always true but unknown
+  to the compiler (``true``) returns its results in buffers. Only refresh
+  steps hold it.
   """
   return jax.lax.cond(true, lambda: tree,
                       lambda: jax.tree.map(jnp.zeros_like, tree))
@@ -378,14 +358,24 @@ def _leaf_ids(stat: jax.Array, lay: sampling.LeafLayout, centres: jax.Array,
                               for j in range(bounds.shape[-1])])
 
 
-def _reassigned(stats, ids, lays, new: _Refreshed, state: SGGState,
+def _rows(a: jax.Array, lay: sampling.LeafLayout, offset: jax.Array
+          ) -> jax.Array:
+  """One parameter's rows of a ``(G, ...)`` statistic, shaped
+  ``lay.batch + a.shape[1:]``, read at ``offset`` (a buffer, see
+  :func:`sampling.opaque_ints`)."""
+  rows = jax.lax.dynamic_slice_in_dim(a, offset, lay.rows)
+  return rows.reshape(lay.batch + a.shape[1:])
+
+
+def _reassigned(stats, ids, lays, offsets, new: _Refreshed, state: SGGState,
                 cfg: _Config) -> list:
   """Frozen ids: new ones where a layer was re-clustered, else the old."""
   out = []
-  for s, old, lay in zip(stats, ids, lays):
-    done = new.refreshes[lay.index] > state.refreshes[lay.index]
+  for s, old, lay, at in zip(stats, ids, lays, offsets):
+    done = _rows(new.refreshes, lay, at) > _rows(state.refreshes, lay, at)
     out.append(jnp.where(_per_layer(done, lay, old),
-                         _leaf_ids(s, lay, new.centres[lay.index], cfg), old))
+                         _leaf_ids(s, lay, _rows(new.centres, lay, at), cfg),
+                         old))
   return out
 
 
@@ -481,11 +471,15 @@ def _apply(updates: optax.Updates, stat: optax.Updates, state: SGGState,
   lays = [lay for lay in layouts if lay is not None]
   frozen = cfg.assignment == 'frozen'
   stat_g = [stats[i] for i in group]
+  # Each parameter's first row, in a buffer: parameters of one shape then
+  # share one compiled kernel.
+  offsets = sampling.opaque_ints([lay.offset for lay in lays], count)
 
   def refresh_fn(st, ids):
     sample = sampling.stack_samples(st, lays, cfg.sample_size, count)
     new = _replicated(_refresh(sample, lays, state, cfg))
-    return new, _reassigned(st, ids, lays, new, state, cfg) if frozen else ids
+    return new, (_reassigned(st, ids, lays, offsets, new, state, cfg)
+                 if frozen else ids)
 
   keep = lambda st, ids: (_kept(state), ids)
   operands = stat_g, [old_ids[i] for i in group] if frozen else []
@@ -496,13 +490,13 @@ def _apply(updates: optax.Updates, stat: optax.Updates, state: SGGState,
     new, ids_g = (refresh_fn if refresh else keep)(*operands)
   new = _replicated(new)
   if not frozen:  # dynamic: assign from this step's statistic, store none
-    ids_g = [_leaf_ids(s, lay, new.centres[lay.index], cfg)
-             for s, lay in zip(stat_g, lays)]
+    ids_g = [_leaf_ids(s, lay, _rows(new.centres, lay, at), cfg)
+             for s, lay, at in zip(stat_g, lays, offsets)]
   out, new_ids = list(leaves), list(old_ids)
-  for i, lay, ids in zip(group, lays, ids_g):
+  for i, lay, ids, at in zip(group, lays, ids_g, offsets):
     if frozen:
       new_ids[i] = ids
-    out[i] = _leaf_scaled(leaves[i], ids, lay, new.scales[lay.index])
+    out[i] = _leaf_scaled(leaves[i], ids, lay, _rows(new.scales, lay, at))
   return treedef.unflatten(out), SGGState(
       count, treedef.unflatten(new_ids), new.centres, new.scales,
       new.cluster_stats, new.fractions, new.refreshes, new.global_stat)
@@ -622,8 +616,8 @@ def sgg(
   one write of an update-sized buffer); :func:`with_sgg`, which clusters the
   base optimizer's momentum, avoids that. On CPU that buffer is a temporary
   whose pages the host allocator maps afresh at every step, which costs
-  more than the copy; the README's Performance section measures it, with
-  an allocator setting that avoids it. If a refresh yields non-finite
+  more than the copy; ``docs/performance.md`` measures it, with an
+  allocator setting that avoids it. If a refresh yields non-finite
   statistics for a layer (NaN or Inf updates), that layer keeps its previous
   centres, ids and scales.
 
@@ -656,7 +650,7 @@ def sgg(
     >>> for _ in range(2):
     ...   updates, state = tx.update(grads, state, params)
     >>> print(state[1].scales, state[1].ids['w'].dtype)
-    (Array([0.991, 1.   , 1.   ], dtype=float32),) uint8
+    [[0.991 1.    1.   ]] uint8
 
     The same two steps with the refresh decided by the loop:
 
@@ -669,7 +663,7 @@ def sgg(
     >>> for i in range(2):
     ...   _, state = step(params, state, grads, sgg_optax.refresh_due(i, 2))
     >>> print(state[1].scales)
-    (Array([0.991, 1.   , 1.   ], dtype=float32),)
+    [[0.991 1.    1.   ]]
 
   References:
     Li et al., `Taming LLMs by Scaling Learning Rates with Gradient Grouping

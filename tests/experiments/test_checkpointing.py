@@ -119,3 +119,36 @@ def test_a_value_neither_array_nor_placeholder_is_not_silently_dropped():
   model.note = nnx.Variable('not an array')
   with pytest.raises(TypeError, match='cannot checkpoint 0/note'):
     checkpointing._flat_arrays(model, opt)
+
+
+def test_a_0_1_layout_checkpoint_is_refused_by_name(tmp_path):
+  """A checkpoint whose SGG statistics are one array per parameter (the
+  0.1.x layout: ``.../scales/0``, ``.../scales/1``) is refused before any
+  array is read, with what to do; the objects are unchanged."""
+  import orbax.checkpoint as ocp
+
+  cfg = TrainConfig(optimizer='adam_sgg')
+  src, dst = _objects(0, steps=2), _objects(1)
+  ckpt = checkpointing.Checkpointer(str(tmp_path / 'ckpt'), 1, cfg)
+  flat = checkpointing._flat_arrays(*src)
+  key = '1/opt_state/1/0/sgg_state/scales'  # as if SGG's scales were there
+  old = dict(flat, **{f'{key}/0': jnp.ones(3), f'{key}/1': jnp.ones(3)})
+  ckpt.manager.save(2, args=ocp.args.Composite(
+    state=ocp.args.StandardSave(old), curves=ocp.args.JsonSave({}),
+    meta=ocp.args.JsonSave(checkpointing.fingerprint(cfg))), force=True)
+  ckpt.manager.wait_until_finished()
+  wanted = dict(flat, **{key: jnp.ones((2, 3))})
+  with pytest.raises(checkpointing.CheckpointMismatchError,
+                     match='layout of sgg_optax 0.1.x'):
+    checkpointing._check_stored_keys(ckpt.manager, 2, wanted)
+  # and through restore: a key it lacks, refused before reading, unchanged
+  before = _snapshot(*dst)
+  del old['0/linear/kernel']
+  ckpt.manager.save(3, args=ocp.args.Composite(
+    state=ocp.args.StandardSave(old), curves=ocp.args.JsonSave({}),
+    meta=ocp.args.JsonSave(checkpointing.fingerprint(cfg))), force=True)
+  ckpt.manager.wait_until_finished()
+  with pytest.raises(checkpointing.CheckpointMismatchError,
+                     match='lacks the array 0/linear/kernel'):
+    ckpt.restore(*dst)
+  _assert_bitwise(_snapshot(*dst), before)

