@@ -43,6 +43,22 @@ _SLOW_CASES = {
     # assignment); also on 'model': slow.
     'tests/test_sharding.py::test_stacked_layers_sharded_on_the_layer_axis': (
         "-P('data', 'model', None)]",),
+    # The collectives: each form and each mode (explicit, auto axes) once in
+    # the fast set.
+    'tests/test_sharding.py::'
+    'test_steps_without_refresh_communicate_as_the_base_optimizer': (
+        '[momentum form-explicit]', '[chain link-auto]'),
+    'tests/test_sharding.py::'
+    'test_loop_decided_steps_communicate_as_adam_or_move_the_sample': (
+        '[momentum form-explicit]', '[chain link-auto]'),
+    'tests/test_sharding.py::'
+    'test_stacked_layer_axis_sharded_plain_steps_communicate_as_adam': (
+        '[momentum-explicit]', '[chain-auto]'),
+    # Jit against eager: the SGG forms (chain link, momentum form and its
+    # alias adamw_sgg) in the fast set; the lamb and adafactor aliases (whose
+    # SGG is adamw_sgg's) slow.
+    'tests/test_properties.py::test_jit_matches_eager': (
+        '[lamb_sgg]', '[adafactor_sgg]'),
 }
 
 

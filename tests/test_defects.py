@@ -119,8 +119,10 @@ def test_static_integers_reject_non_integers(bad):
     sgg_optax.sgg(bad)
 
 
-@pytest.mark.parametrize('alias', [sgg_optax.adamw_sgg, sgg_optax.lamb_sgg,
-                                   sgg_optax.adafactor_sgg])
+@pytest.mark.parametrize('alias', [  # lamb and adafactor: `slow`
+    sgg_optax.adamw_sgg,
+    pytest.param(sgg_optax.lamb_sgg, marks=pytest.mark.slow),
+    pytest.param(sgg_optax.adafactor_sgg, marks=pytest.mark.slow)])
 def test_alias_sgg_eps_reaches_sgg(alias):
   """``sgg_eps`` is SGG's own eps (the base optimizer's ``eps`` is taken)."""
   params = {'w': jnp.asarray(np.r_[np.zeros(30), np.ones(30)].reshape(6, 10),

@@ -98,7 +98,11 @@ def _hlo(tx, refresh):
                          refresh=refresh).compile().as_text()
 
 
-@pytest.mark.parametrize('form', list(FORMS))
+# The momentum form and the injected one in the fast set (the chain link's
+# plain step: also tests/test_memory.py, tests/test_sharding.py).
+@pytest.mark.parametrize('form', [
+    form if form in ('with_sgg', 'inject_hyperparams')
+    else pytest.param(form, marks=pytest.mark.slow) for form in FORMS])
 def test_plain_step_holds_no_conditional(form):
   tx = FORMS[form]()
   op = re.compile(r'\sconditional\(')

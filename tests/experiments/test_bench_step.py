@@ -3,7 +3,13 @@
 import json
 import math
 
+import pytest
+
 from experiments import bench_step
+
+# The script end to end (its flags: test_cli_errors.py; the loop-decided
+# step's temporaries: tests/test_memory.py).
+pytestmark = pytest.mark.slow
 
 
 def test_bench_times_both_schedules(tmp_path):

@@ -99,8 +99,12 @@ def test_only_lora_params_get_gradients_and_state(quantized):
     assert L.tree_bytes(opt.opt_state) < L.tree_bytes(full.opt_state) / 4
 
 
-@pytest.mark.parametrize('quantized', [False, True])
-@pytest.mark.parametrize('use_sgg', [False, True])
+# Plain LoRA with Adam and Q-LoRA with SGG in the fast set; the mixed
+# cases are `slow`.
+@pytest.mark.parametrize('use_sgg,quantized', [
+    pytest.param(use_sgg, quantized, id=f'{use_sgg}-{quantized}',
+                 marks=() if use_sgg == quantized else pytest.mark.slow)
+    for quantized in (False, True) for use_sgg in (False, True)])
 def test_training_leaves_base_bitwise_unchanged(quantized, use_sgg):
   model = L.apply_lora(_model(quantized), L.LoRAConfig(rank=4), rngs=0)
   base_before = _copy(nnx.state(model, BASE_FILTER))

@@ -53,6 +53,7 @@ def test_pretrain_smoke_all_experiments(tmp_path, capsys):
   assert len(robust['loss']['adam']) == len(robust['batch_sizes']) == 2
 
 
+@pytest.mark.slow  # the script end to end (its parts: test_splits_and_tuning)
 def test_robustness_runs_the_chosen_optimizers(tmp_path):
   pretrain.main(['--smoke', '--experiment', 'robustness', '--optimizers',
                  'adam', '--mesh', 'data=1', '--out', str(tmp_path),

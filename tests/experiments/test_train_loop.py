@@ -85,7 +85,11 @@ def test_refresh_step_compile_is_left_out_of_the_throughput(monkeypatch):
     return real(self, t1)
 
   monkeypatch.setattr(train._Clock, 'resume', resume)
-  _run(optimizer='adam_sgg', eval_every=0, diag_every=100, steps=5)
-  # Two pauses: the refresh step's first call, and the diagnostics after
-  # the last step (no evaluation or checkpoint is due before the end).
+  # The steps of test_loop_decided_refresh_trains_as_sgg_own_schedule's
+  # first run (evaluation and diagnostics periods change no compiled step):
+  # in the same process, they are compiled once for both.
+  _run(optimizer='adam_sgg', eval_every=0, diag_every=100)
+  # Two pauses: the refresh step's first call (step 3; not its second, at
+  # step 6), and the diagnostics after the last step (no evaluation or
+  # checkpoint is due before the end).
   assert len(clock_log) == 2, clock_log
