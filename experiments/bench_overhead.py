@@ -108,6 +108,8 @@ def dispatch(layers: list[int], rounds: int, calls: int, seed: int
 def compile_times(presets: list[str], batch: int, seq_len: int,
                   repeats: int) -> list[dict]:
   """Compile seconds and fused kernels of experiments.train's train step."""
+  from flax import nnx
+
   from experiments import train
 
   variants = [('adam', None), ('adam_sgg', None), ('adam_sgg', False),
@@ -125,7 +127,6 @@ def compile_times(presets: list[str], batch: int, seq_len: int,
         model, opt = train._create(config, train.build_optimizer(cfg),
                                    train.sharding_rules(mesh),
                                    jnp.int32(0))
-        from flax import nnx
         graphdef, state = nnx.split((model, opt))
         tokens = jax.ShapeDtypeStruct((batch, seq_len + 1), jnp.int32)
         seconds = []

@@ -119,23 +119,28 @@ def _heads(rng: np.random.Generator) -> np.ndarray:
   return (rng.standard_normal((2048, 2048)) * scale).astype(np.float32)
 
 
-def test_model_wide_deviation_on_heads_is_unbiased_over_refreshes():
-  """Head-structured layer: the refreshed D against the exact full-layer D.
-
-  A fixed sample reads the same columns at every refresh, so its error
-  repeats; the redrawn sample's errors average out over refreshes.
-  """
-  w = _heads(np.random.default_rng(0))
+def _deviation_errors(w: np.ndarray, refreshes: int) -> np.ndarray:
+  """Relative error of the model-wide D of ``sgg()`` refreshing every step
+  on the one layer ``w``, against the exact full-layer D, per refresh."""
   exact = float(np.median(np.abs(w - w.mean(dtype=np.float64))))
   u = {'w': jnp.asarray(w)}
   tx = sgg_optax.sgg(3, recluster_interval=1, beta3=0.0)
   update = jax.jit(tx.update)
   state = tx.init(u)
   rel = []
-  for _ in range(16):
+  for _ in range(refreshes):
     _, state = update(u, state)
     rel.append(float(state.global_stat) / exact - 1.0)
-  rel = np.asarray(rel)
+  return np.asarray(rel)
+
+
+def test_model_wide_deviation_on_heads_is_unbiased_over_refreshes():
+  """Head-structured layer: the refreshed D against the exact full-layer D.
+
+  A fixed sample reads the same columns at every refresh, so its error
+  repeats; the redrawn sample's errors average out over refreshes.
+  """
+  rel = _deviation_errors(_heads(np.random.default_rng(0)), refreshes=16)
   assert np.mean(np.abs(rel)) < 0.03, rel  # each refresh: a few per cent
   assert abs(np.mean(rel)) < 0.015, rel  # unbiased over refreshes
   assert np.std(rel) > 0  # redrawn, not one fixed sample
@@ -172,16 +177,6 @@ def test_model_wide_deviation_is_precise_at_every_refresh(kind):
   error) within 5%: every refresh reads each block in proportion to its
   size. (With runs drawn only within 8 bands of 128 lines, the row-blocked
   layer's spread was 10.9%.)"""
-  w = _blocked(kind, seed=0)
-  exact = float(np.median(np.abs(w - w.mean(dtype=np.float64))))
-  u = {'w': jnp.asarray(w)}
-  tx = sgg_optax.sgg(3, recluster_interval=1, beta3=0.0)
-  update = jax.jit(tx.update)
-  state = tx.init(u)
-  rel = []
-  for _ in range(64):
-    _, state = update(u, state)
-    rel.append(float(state.global_stat) / exact - 1.0)
-  rel = np.asarray(rel)
+  rel = _deviation_errors(_blocked(kind, seed=0), refreshes=64)
   assert abs(np.mean(rel)) <= 0.02, (np.mean(rel), np.std(rel))
   assert np.std(rel) <= 0.05, (np.mean(rel), np.std(rel))

@@ -23,9 +23,14 @@ def _fail(path: str, why: str) -> StateMismatchError:
       'the run that saved it (tx.init(params), or jax.eval_shape of it).')
 
 
-def _leaf(raw: Any, want: Any, path: str) -> Any:
+def _array(raw: Any, path: str) -> Any:
   if raw is None or not hasattr(raw, 'shape'):
     raise _fail(path, f'expected an array, found {type(raw).__name__}')
+  return raw
+
+
+def _leaf(raw: Any, want: Any, path: str) -> Any:
+  raw = _array(raw, path)
   if (tuple(raw.shape), np.dtype(raw.dtype)) != (tuple(want.shape),
                                                  np.dtype(want.dtype)):
     raise _fail(path, f'saved {raw.dtype}{list(raw.shape)}, target '
@@ -34,34 +39,34 @@ def _leaf(raw: Any, want: Any, path: str) -> Any:
 
 
 def _rows(raw: Any, want: Any, path: str) -> Any:
-  """A 0.1.x per-layer tuple (one array per parameter) as 0.2's rows."""
+  """A 0.1.x per-layer tuple (one array per parameter: ``tail`` or
+  ``(L,) + tail``) as 0.2's rows; a 0.2 array as it is."""
   if isinstance(raw, (list, tuple)):
     tail = tuple(want.shape[1:])
-    parts = [np.asarray(_leaf(a, a, f'{path}[{i}]')).reshape((-1,) + tail)
-             for i, a in enumerate(raw)]
+    parts = []
+    for i, part in enumerate(raw):
+      part = np.asarray(_array(part, f'{path}[{i}]'))
+      if part.shape != tail and part.shape[1:] != tail:
+        raise _fail(f'{path}[{i}]', f'saved {list(part.shape)}, a layer '
+                    f'has {list(tail)}')
+      parts.append(part.reshape((-1,) + tail))
     raw = (np.concatenate(parts) if parts
            else np.zeros((0,) + tail, want.dtype))
   return _leaf(raw, want, path)
 
 
 def _walk(raw: Any, target: Any, path: str) -> Any:
-  if isinstance(target, transform.SGGState):
-    fields = raw._asdict() if hasattr(raw, '_asdict') else raw
-    if not isinstance(fields, dict) or set(fields) != set(target._fields):
-      raise _fail(path, 'expected the fields of an SGGState')
-    return transform.SGGState(**{
-        name: (_rows if name in _PER_LAYER else _walk)(
-            fields[name], getattr(target, name), f'{path}.{name}')
-        for name in target._fields})
   if target is None or (isinstance(target, tuple) and not target):
     return target  # MaskedNode, EmptyState, None: restored as None or ()
-  if hasattr(target, '_fields'):  # any other NamedTuple
+  if hasattr(target, '_fields'):  # a NamedTuple: restored as a dict
     fields = raw._asdict() if hasattr(raw, '_asdict') else raw
     if not isinstance(fields, dict) or set(fields) != set(target._fields):
       raise _fail(path, f'expected the fields of {type(target).__name__}')
-    return type(target)(**{name: _walk(fields[name], getattr(target, name),
-                                       f'{path}.{name}')
-                           for name in target._fields})
+    sgg = isinstance(target, transform.SGGState)
+    return type(target)(**{
+        name: (_rows if sgg and name in _PER_LAYER else _walk)(
+            fields[name], getattr(target, name), f'{path}.{name}')
+        for name in target._fields})
   if isinstance(target, (list, tuple)):
     if not isinstance(raw, (list, tuple)) or len(raw) != len(target):
       raise _fail(path, f'expected a sequence of {len(target)}')
