@@ -175,10 +175,18 @@ def positions(layout: LeafLayout, u: jax.Array) -> tuple[jax.Array, ...]:
   return jnp.unravel_index(line, layout.shape[:-1]) + (col,)
 
 
-def sample_leaf(x: jax.Array, layout: LeafLayout, u: jax.Array
-                ) -> jax.Array:
-  """The ``(rows, count)`` float32 sample of one parameter-shaped array."""
-  index = positions(layout, u)
+def sample_leaf(x: jax.Array, layout: LeafLayout,
+                index: jax.Array | tuple[jax.Array, ...]) -> jax.Array:
+  """The ``(rows, count)`` float32 sample of one parameter-shaped array.
+
+  Args:
+    x: the parameter-shaped array.
+    layout: its layout.
+    index: the per-axis positions (see :func:`positions`), or the uniform
+      draws ``u`` to compute them from.
+  """
+  if not isinstance(index, tuple):
+    index = positions(layout, index)
   if layout.stacked:
     rows = jnp.arange(layout.rows, dtype=jnp.int32)[:, None]
     index = (rows,) + tuple(i[None, :] for i in index)
@@ -233,6 +241,11 @@ def stack_samples(stats: Sequence[jax.Array], layouts: Sequence[LeafLayout],
                   sample_size: int, seed: jax.Array) -> jax.Array:
   """The ``(G, sample_size)`` replicated sample of all grouped parameters.
 
+  Layers of one layout (shape and sampling plan) draw their positions
+  together, in one batched computation, so the refresh compiles one
+  position kernel per layout, not one per layer; each layer then reads its
+  own positions with one gather.
+
   Args:
     stats: the clustered statistic of each grouped parameter.
     layouts: their layouts, in row order.
@@ -243,20 +256,33 @@ def stack_samples(stats: Sequence[jax.Array], layouts: Sequence[LeafLayout],
     float32 ``(G, S)``; entries past a row's ``count`` are zero padding
     (see :func:`sample_weights`).
   """
-  starts = np.cumsum([0] + [cells(lay) for lay in layouts])
+  groups: dict[tuple, list[int]] = {}
+  for i, lay in enumerate(layouts):
+    groups.setdefault(lay._replace(index=0, offset=0), []).append(i)
 
   def build(seed, *xs):
-    # One draw for every layer: one random-number kernel to compile. Each
-    # layer reads its part at an offset the compiler cannot see, so the
-    # positions and gather of every layer of a layout are one kernel,
-    # compiled once (see ``opaque_ints``).
+    # One uniform draw for every layer (one random-number kernel). Layer
+    # ``j`` of a group takes the group's ``j``-th block of cells, and reads
+    # its positions at index ``j`` held in a buffer the compiler cannot see
+    # (see ``opaque_ints``), so the position and gather kernels of a layout
+    # are compiled once, not once per layer.
+    total = sum(cells(lay) * len(members) for lay, members in groups.items())
     u = jax.random.uniform(jax.random.fold_in(jax.random.key(0), seed),
-                           (max(int(starts[-1]), 1), DRAWS))
-    offsets = opaque_ints(starts[:-1], seed)
-    rows = [jnp.pad(sample_leaf(x, lay, jax.lax.dynamic_slice_in_dim(
-                        u, offsets[i], cells(lay))),
-                    ((0, 0), (0, sample_size - lay.count)))
-            for i, (x, lay) in enumerate(zip(xs, layouts))]
+                           (max(total, 1), DRAWS))
+    which = opaque_ints(range(max(map(len, groups.values()))), seed)
+    rows: list[jax.Array] = [u[:0, 0]] * len(layouts)
+    start = 0
+    for lay, members in groups.items():
+      size = cells(lay)
+      block = u[start:start + size * len(members)].reshape(
+          len(members), size, DRAWS)
+      start += size * len(members)
+      index = jax.vmap(lambda v, lay=lay: positions(lay, v))(block)
+      for j, i in enumerate(members):
+        mine = tuple(jax.lax.dynamic_index_in_dim(a, which[j], keepdims=False)
+                     for a in index)
+        rows[i] = jnp.pad(sample_leaf(xs[i], lay, mine),
+                          ((0, 0), (0, sample_size - lay.count)))
     return jnp.concatenate(rows, axis=0)
 
   return _replicated(build)(seed, *stats)
