@@ -21,6 +21,7 @@ from sgg_optax._src.sharding import (
 )
 from sgg_optax._src.transform import (
     SGGState,
+    SGGTransformation,
     SGGWrapperState,
     refresh_due,
     sgg,
@@ -33,6 +34,7 @@ __version__ = '0.2.0'
 __all__ = (
     'ClusterSummary',
     'SGGState',
+    'SGGTransformation',
     'SGGWrapperState',
     'StateMismatchError',
     'adafactor_sgg',

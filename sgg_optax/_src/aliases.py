@@ -5,7 +5,12 @@ from typing import Any
 import jax.numpy as jnp
 import optax
 
-from sgg_optax._src.transform import MaskOrFn, with_sgg
+from sgg_optax._src.transform import (
+    MaskOrFn,
+    SGGTransformation,
+    _with_refresh,
+    with_sgg,
+)
 
 _SGG_ARGS_DOC = """
     num_clusters: SGG's ``K`` (see :func:`~sgg_optax.sgg`).
@@ -39,10 +44,17 @@ def _sgg_args(arguments: dict[str, Any]) -> dict[str, Any]:
 
 
 def _with_sgg(base: optax.GradientTransformation, moment: str | None,
-              **kw: Any) -> optax.GradientTransformation:
+              **kw: Any) -> SGGTransformation:
   """``base`` wrapped by SGG; ``kw`` are an alias's SGG arguments."""
   return with_sgg(base, moment=moment, mask=kw.pop('sgg_mask'),
                   eps=kw.pop('sgg_eps'), **kw)
+
+
+def _chain(part: SGGTransformation, *rest: optax.GradientTransformation
+           ) -> SGGTransformation:
+  """``optax.chain(part, *rest)``, with ``part``'s refresh (which finds its
+  state inside the chain's)."""
+  return _with_refresh(optax.chain(part, *rest), part.refresh)
 
 
 def adamw_sgg(
@@ -93,7 +105,9 @@ def adamw_sgg(
       update (the statistic of :func:`~sgg_optax.sgg`).{sgg_args}
 
   Returns:
-    The optimizer.
+    The optimizer, an :class:`SGGTransformation`: its ``refresh`` runs SGG's
+    refresh on the optimizer state alone (see :func:`with_sgg`; it needs
+    the momentum, so not with ``cluster_momentum=False``).
 
   Example:
     >>> import jax.numpy as jnp, sgg_optax
@@ -108,7 +122,7 @@ def adamw_sgg(
   """
   sgg = _sgg_args(locals())
   base = optax.scale_by_adam(b1, b2, eps, eps_root, mu_dtype=mu_dtype)
-  return optax.chain(
+  return _chain(
       _with_sgg(base, 'mu' if cluster_momentum else None, **sgg),
       optax.add_decayed_weights(weight_decay, mask),
       optax.scale_by_learning_rate(learning_rate))
@@ -162,7 +176,9 @@ def lamb_sgg(
       update.{sgg_args}
 
   Returns:
-    The optimizer.
+    The optimizer, an :class:`SGGTransformation`: its ``refresh`` runs SGG's
+    refresh on the optimizer state alone (see :func:`with_sgg`; it needs
+    the momentum, so not with ``cluster_momentum=False``).
 
   Example:
     >>> import jax.numpy as jnp, sgg_optax
@@ -177,7 +193,7 @@ def lamb_sgg(
   """
   sgg = _sgg_args(locals())
   base = optax.scale_by_adam(b1, b2, eps, eps_root)
-  return optax.chain(
+  return _chain(
       _with_sgg(base, 'mu' if cluster_momentum else None, **sgg),
       optax.add_decayed_weights(weight_decay, mask),
       optax.scale_by_trust_ratio(),
@@ -239,7 +255,9 @@ def adafactor_sgg(
     weight_decay_mask: see :func:`optax.adafactor`.{sgg_args}
 
   Returns:
-    The optimizer.
+    The optimizer, an :class:`SGGTransformation` (Adafactor keeps no first
+    moment, so SGG clusters the update and ``refresh`` refuses: refresh in
+    the step, ``sgg_refresh=True``).
 
   Example:
     >>> import jax.numpy as jnp, sgg_optax
@@ -257,7 +275,8 @@ def adafactor_sgg(
                                       min_dim_size_to_factor, eps)]
   if clipping_threshold is not None:
     base.append(optax.clip_by_block_rms(clipping_threshold))
-  tx = [_with_sgg(optax.chain(*base), None, **sgg)]
+  part = _with_sgg(optax.chain(*base), None, **sgg)
+  tx: list[optax.GradientTransformation] = [part]
   if learning_rate is not None:
     tx.append(optax.scale_by_learning_rate(learning_rate, flip_sign=False))
   if multiply_by_parameter_scale:
@@ -268,7 +287,7 @@ def adafactor_sgg(
   if weight_decay_rate is not None:
     tx.append(optax.add_decayed_weights(weight_decay_rate, weight_decay_mask))
   tx.append(optax.scale(-1))
-  return optax.chain(*tx)
+  return _chain(part, *tx[1:])
 
 
 for _alias in (adamw_sgg, lamb_sgg, adafactor_sgg):

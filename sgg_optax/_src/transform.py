@@ -82,6 +82,54 @@ class SGGWrapperState(NamedTuple):
   sgg_state: SGGState
 
 
+class SGGTransformation(optax.GradientTransformationExtraArgs):
+  """An optax transformation with SGG's refresh as a program of its own.
+
+  Returned by :func:`with_sgg` and the aliases: ``init`` and ``update`` are
+  those of any :class:`optax.GradientTransformationExtraArgs` (it is one),
+  and ``refresh`` refreshes SGG from the momentum in the optimizer state,
+  with no gradient, as :func:`with_sgg` describes. Chained with other
+  transformations, call the SGG part's ``refresh`` on the whole state.
+
+  Attributes:
+    refresh: ``opt_state -> opt_state``, refreshing the one
+      :class:`SGGWrapperState` inside ``opt_state`` from the momentum it
+      holds.
+  """
+  refresh: Callable[[optax.OptState], optax.OptState]
+
+
+def _with_refresh(tx: optax.GradientTransformation,
+                  refresh: Callable[[optax.OptState], optax.OptState]
+                  ) -> SGGTransformation:
+  out = SGGTransformation(tx.init, tx.update)
+  out.refresh = refresh
+  return out
+
+
+def _one_wrapper_state(opt_state: optax.OptState,
+                       fn: Callable[[SGGWrapperState], SGGWrapperState]
+                       ) -> optax.OptState:
+  """``opt_state`` with ``fn`` applied to its one :class:`SGGWrapperState`."""
+  found = 0
+
+  def visit(node):
+    nonlocal found
+    if isinstance(node, SGGWrapperState):
+      found += 1
+      return fn(node)
+    return node
+
+  out = jax.tree.map(visit, opt_state,
+                     is_leaf=lambda x: isinstance(x, SGGWrapperState))
+  if found != 1:
+    raise ValueError(
+        f'`refresh` needs exactly one SGGWrapperState in the state it is '
+        f'given, found {found}: pass the part of the optimizer state that '
+        'belongs to this transformation.')
+  return out
+
+
 @dataclasses.dataclass(frozen=True)
 class _Config:
   """Validated hyperparameters (numeric ones may be traced)."""
@@ -404,6 +452,42 @@ def _leaf_scaled(u: jax.Array, ids: jax.Array, lay: sampling.LeafLayout,
   return u * scale.astype(u.dtype)
 
 
+def _refresh_layers(stats, ids, lays, offsets, state: SGGState, cfg: _Config,
+                    seed: jax.Array) -> tuple[_Refreshed, list]:
+  """The refresh of the grouped layers: sample (drawn by ``seed``),
+  K-means, new scales, and (frozen) the ids re-assigned."""
+  sample = sampling.stack_samples(stats, lays, cfg.sample_size, seed)
+  new = _replicated(_refresh(sample, lays, state, cfg))
+  return new, (_reassigned(stats, ids, lays, offsets, new, state, cfg)
+               if cfg.assignment == 'frozen' else ids)
+
+
+def _refreshed_state(stat: optax.Updates, state: SGGState, cfg: _Config
+                     ) -> SGGState:
+  """``state`` refreshed on ``stat`` as SGG's own schedule refreshes at
+  update ``state.count`` (the same sample, K-means, scales and ids), with
+  no update to scale and the count unchanged."""
+  layouts = _plan(stat, cfg)
+  if not any(lay is not None for lay in layouts):
+    return state
+  treedef: Any
+  leaves, treedef = jax.tree.flatten(stat)
+  old_ids = treedef.flatten_up_to(state.ids)
+  group = [i for i, lay in enumerate(layouts) if lay is not None]
+  lays = [lay for lay in layouts if lay is not None]
+  frozen = cfg.assignment == 'frozen'
+  offsets = sampling.opaque_ints([lay.offset for lay in lays], state.count)
+  new, ids_g = _refresh_layers(
+      [leaves[i] for i in group], [old_ids[i] for i in group] if frozen
+      else [], lays, offsets, state, cfg, state.count)
+  new_ids = list(old_ids)
+  for i, ids in zip(group, ids_g):
+    new_ids[i] = ids
+  return SGGState(state.count, treedef.unflatten(new_ids), new.centres,
+                  new.scales, new.cluster_stats, new.fractions, new.refreshes,
+                  new.global_stat)
+
+
 def refresh_due(count: int, recluster_interval: int) -> bool:
   """Whether SGG's own schedule refreshes at the update after ``count``.
 
@@ -476,10 +560,7 @@ def _apply(updates: optax.Updates, stat: optax.Updates, state: SGGState,
   offsets = sampling.opaque_ints([lay.offset for lay in lays], count)
 
   def refresh_fn(st, ids):
-    sample = sampling.stack_samples(st, lays, cfg.sample_size, count)
-    new = _replicated(_refresh(sample, lays, state, cfg))
-    return new, (_reassigned(st, ids, lays, offsets, new, state, cfg)
-                 if frozen else ids)
+    return _refresh_layers(st, ids, lays, offsets, state, cfg, count)
 
   keep = lambda st, ids: (_kept(state), ids)
   operands = stat_g, [old_ids[i] for i in group] if frozen else []
@@ -707,7 +788,7 @@ def with_sgg(
     assignment: str = 'frozen',
     cluster_decay: float | jax.Array = 0.95,
     reference_init: str = 'ones',
-) -> optax.GradientTransformationExtraArgs:
+) -> SGGTransformation:
   r"""SGG around a base transformation, clustering its first moment.
 
   The paper-faithful form of :func:`sgg`: the statistic that is clustered and
@@ -722,6 +803,19 @@ def with_sgg(
   ``update`` takes the extra argument ``sgg_refresh`` as :func:`sgg` does
   (and passes it on to ``inner``).
 
+  **A refresh without a train step.** The momentum is in the state, so the
+  refresh needs no gradient: ``tx.refresh(opt_state)`` refreshes the
+  :class:`SGGWrapperState` in ``opt_state`` (a whole chain's state is fine)
+  as SGG's own schedule does at update ``opt_state``'s count, bitwise: the
+  same sample, K-means, scales and ids, the count unchanged. A loop that
+  passes ``sgg_refresh=False`` to every update and calls ``refresh`` after
+  each update that :func:`refresh_due` names compiles its train step once,
+  with no conditional and no refresh, and the refresh as a small program on
+  the optimizer state alone (no forward or backward pass). The one
+  difference from the own schedule: update ``T`` itself was scaled by the
+  previous factors (the own schedule scales it by the new ones), so each
+  refresh acts one update later.
+
   Args:
     inner: the base transformation, e.g. :func:`optax.scale_by_adam`; its
       state must hold exactly one field named ``moment``.{args}
@@ -732,8 +826,9 @@ def with_sgg(
       keys, so a parameter named like the field is no problem.
 
   Returns:
-    An :class:`optax.GradientTransformationExtraArgs` whose state is an
-    :class:`SGGWrapperState`.
+    An :class:`SGGTransformation` (an
+    :class:`optax.GradientTransformationExtraArgs` with ``refresh``) whose
+    state is an :class:`SGGWrapperState`.
 
   Example:
     >>> import jax.numpy as jnp, optax, sgg_optax
@@ -749,6 +844,22 @@ def with_sgg(
      [0 0 1]
      [1 1 1]
      [2 2 2]]
+
+    The refresh as a program of its own, after the updates it is due at:
+
+    >>> import jax
+    >>> sgg_part = sgg_optax.with_sgg(optax.scale_by_adam(),
+    ...                               recluster_interval=2)
+    >>> tx = optax.chain(sgg_part, optax.scale_by_learning_rate(0.1))
+    >>> step = jax.jit(lambda g, s: tx.update(g, s, sgg_refresh=False))
+    >>> refresh = jax.jit(sgg_part.refresh)
+    >>> state = tx.init(params)
+    >>> for i in range(2):
+    ...   updates, state = step({'w': jnp.arange(12.0).reshape(4, 3)}, state)
+    ...   if sgg_optax.refresh_due(i, 2):
+    ...     state = refresh(state)
+    >>> print(sgg_optax.cluster_summary(state).refreshes)
+    [1]
 
   References:
     Li et al., `Taming LLMs by Scaling Learning Rates with Gradient Grouping
@@ -774,7 +885,19 @@ def with_sgg(
                                 _refresh_arg(extra_args))
     return updates, SGGWrapperState(inner_state, sgg_state)
 
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  def refresh_one(state: SGGWrapperState) -> SGGWrapperState:
+    if moment is None:
+      raise ValueError(
+          'This SGG clusters the base update (moment=None), which no state '
+          'holds: its refresh needs the step. Pass `sgg_refresh=True` to '
+          'the update instead.')
+    stat = _state_field(state.inner_state, moment)
+    return state._replace(
+        sgg_state=_refreshed_state(stat, state.sgg_state, cfg))
+
+  return _with_refresh(
+      optax.GradientTransformationExtraArgs(init_fn, update_fn),
+      lambda opt_state: _one_wrapper_state(opt_state, refresh_one))
 
 
 sgg.__doc__ = (sgg.__doc__ or '').replace('{args}', _COMMON_ARGS_DOC)
