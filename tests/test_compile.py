@@ -7,7 +7,7 @@ offset is distinct for every layer; SGG passes those offsets in buffers
 (``sampling.opaque_ints``), so a model with more layers of the same shapes
 compiles no new kernel. The count of distinct fused computations in the
 optimized HLO is deterministic, unlike compile time, which
-``experiments/bench_step.py`` measures.
+``experiments/bench/step.py`` measures.
 """
 
 import re

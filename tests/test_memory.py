@@ -1,7 +1,7 @@
 """The compiled step's temporary memory: SGG adds no update-sized buffer.
 
 ``compiled.memory_analysis()`` is deterministic, unlike timings, so this is
-where the step's cost is asserted; ``experiments/bench_step.py`` times it.
+where the step's cost is asserted; ``experiments/bench/step.py`` times it.
 """
 
 import jax

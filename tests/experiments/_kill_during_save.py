@@ -19,14 +19,14 @@ import sys
 
 from orbax.checkpoint._src.path import atomicity
 
-from experiments import train
+from experiments.pretraining import train_cli
 
 _finalize = atomicity.AtomicRenameTemporaryPath.finalize
 
 
 def main(step: int, argv: list[str]) -> None:
   if argv[:1] == ['--before']:
-    train.main(json.loads(argv[1]))
+    train_cli.main(json.loads(argv[1]))
     argv = argv[2:]
 
   async def finalize(self, *args, **kwargs):
@@ -35,7 +35,7 @@ def main(step: int, argv: list[str]) -> None:
     return await _finalize(self, *args, **kwargs)
 
   atomicity.AtomicRenameTemporaryPath.finalize = finalize
-  train.main(argv)
+  train_cli.main(argv)
 
 
 if __name__ == '__main__':

@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from experiments import bench_step
+from experiments.bench import step as bench_step
 
 # The script end to end (its flags: test_cli_errors.py; the loop-decided
 # step's temporaries: tests/test_memory.py).

@@ -13,8 +13,8 @@ import optax
 import pytest
 from flax import nnx
 
-from experiments import checkpointing
-from experiments.train import TrainConfig
+from experiments.pretraining import checkpointing
+from experiments.pretraining.config import TrainConfig
 
 
 class _Net(nnx.Module):

@@ -11,7 +11,7 @@ import math
 
 import pytest
 
-from experiments import claims
+from experiments.report import claims, evidence, verdicts
 
 
 @pytest.fixture(scope='module')
@@ -42,23 +42,23 @@ def test_readme_carries_the_generated_table(rendered):
 def test_one_row_per_claim(rendered):
   header, *lines = rendered[0].splitlines()
   rows = [line for line in lines if line.startswith('| **')]
-  assert len(rows) == len(claims.CLAIMS) == 6
+  assert len(rows) == len(verdicts.CLAIMS) == 6
   for row in rows:   # as many cells as the header: no stray |
     assert row.count(' | ') == header.count(' | '), row
 
 
 def test_t_interval_by_hand():
-  mean, sd, lo, hi = claims.t_interval([1.0, 2.0, 3.0])
+  mean, sd, lo, hi = evidence.t_interval([1.0, 2.0, 3.0])
   half = 4.303 / math.sqrt(3)
   assert (mean, sd) == (2.0, 1.0)
   assert lo == pytest.approx(2 - half) and hi == pytest.approx(2 + half)
   with pytest.raises(ValueError):
-    claims.t_interval([1.0])
+    evidence.t_interval([1.0])
 
 
 def test_t_quantiles_match_scipy():
   stats = pytest.importorskip('scipy.stats')
-  for df, t in claims.T975.items():
+  for df, t in evidence.T975.items():
     assert t == pytest.approx(stats.t.ppf(0.975, df), abs=6e-4), df
 
 

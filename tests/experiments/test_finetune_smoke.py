@@ -1,4 +1,4 @@
-"""Smoke test: experiments/finetune.py --smoke on the real SmolLM2 weights."""
+"""Smoke test: experiments.finetune --smoke on the real SmolLM2 weights."""
 
 import importlib.util
 import json
@@ -32,12 +32,13 @@ def test_qlora_base_leaves_the_cached_f32_model_alone():
   import jax.numpy as jnp
   from flax import nnx
 
-  from experiments import finetune_model as F
-  from experiments import gguf as G
-  from experiments import model as M
+  from experiments.common import gguf as G
+  from experiments.common import model as M
+  from experiments.common import model_config as MC
+  from experiments.finetuning import model as F
 
   bases = F.BaseModels.__new__(F.BaseModels)
-  bases._f32 = nnx.split(M.Llama(M.get_config('tiny'), rngs=nnx.Rngs(0)))
+  bases._f32 = nnx.split(M.Llama(MC.get_config('tiny'), rngs=nnx.Rngs(0)))
   bases._q = None
   q = bases.get('qlora')
   assert q.embed.embedding.dtype == jnp.bfloat16

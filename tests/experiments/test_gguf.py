@@ -1,4 +1,4 @@
-"""Tests for experiments/gguf.py on the real SmolLM2-135M-Instruct GGUF."""
+"""Tests for experiments/common/gguf.py on the real SmolLM2-135M-Instruct."""
 
 import importlib.util
 
@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from experiments import gguf as G
-from experiments import model as M
+from experiments.common import gguf as G
+from experiments.common import model as M
+from experiments.common import model_config as MC
+from experiments.common.generate import greedy_generate
 
 # The tests that load the model (`loaded`, ~135M float32 parameters, and
 # run it) are `slow`; the GGUF metadata, tokenizer and layout tests are not.
@@ -79,7 +81,7 @@ def _perplexity(model, batch) -> float:
 
 def test_config_from_metadata(reader):
   config = G.config_from_gguf(reader)
-  assert config == M.get_config('smollm2_135m')
+  assert config == MC.get_config('smollm2_135m')
   assert (config.n_heads, config.n_kv_heads, config.rope_theta) == (
     9, 3, 100_000.0)
   assert config.norm_eps == 1e-5 and config.tie_embeddings
@@ -106,7 +108,7 @@ def test_unpermute_inverts_llama_cpp_permute():
 def test_loaded_weights(loaded):
   model, config = loaded
   params = nnx.state(model, nnx.Param)
-  assert sum(x.size for x in jax.tree.leaves(params)) == M.param_count(config)
+  assert sum(x.size for x in jax.tree.leaves(params)) == MC.param_count(config)
   assert {x.dtype for x in jax.tree.leaves(params)} == {jnp.dtype('float32')}
   scale = np.asarray(model.layers[0].attn_norm.scale[...])
   assert np.isfinite(scale).all() and not np.allclose(scale, 1.0)
@@ -142,7 +144,7 @@ def test_chat_prompt_template():
 def test_greedy_chat_answer(loaded, tokenizer):
   model, _ = loaded
   prompt = tokenizer.encode(G.chat_prompt('What is the capital of France?'))
-  out = M.greedy_generate(model, prompt, 20, eos_id=tokenizer.eos_id)
+  out = greedy_generate(model, prompt, 20, eos_id=tokenizer.eos_id)
   answer = tokenizer.decode(out, skip_special_tokens=True)
   print(f'answer: {answer!r}')
   assert 'Paris' in answer

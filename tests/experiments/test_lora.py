@@ -1,4 +1,4 @@
-"""Tests for experiments/lora.py on a tiny random LLaMA."""
+"""Tests for experiments/common/lora.py on a tiny random LLaMA."""
 
 import jax
 import jax.numpy as jnp
@@ -8,12 +8,13 @@ import pytest
 from flax import nnx
 
 import sgg_optax
-from experiments import gguf as G
-from experiments import lora as L
-from experiments import model as M
+from experiments.common import gguf as G
+from experiments.common import lora as L
+from experiments.common import model as M
+from experiments.common import model_config as MC
 
-CONFIG = M.get_config('tiny', vocab_size=128, dim=32, n_heads=4,
-                      n_kv_heads=2, ffn_dim=64, n_layers=2)
+CONFIG = MC.get_config('tiny', vocab_size=128, dim=32, n_heads=4,
+                       n_kv_heads=2, ffn_dim=64, n_layers=2)
 TOKENS = jax.random.randint(jax.random.key(1), (2, 9), 0, 128)
 BASE_FILTER = nnx.All(nnx.Variable, nnx.Not(L.LoRAParam), nnx.Not(
   nnx.RngState))
@@ -235,5 +236,5 @@ def test_param_summary_counts():
                + 4 * (CONFIG.dim + CONFIG.n_kv_heads * hd))
   assert summary['lora_params'] == CONFIG.n_layers * per_layer
   assert summary['lora_bytes'] == 4 * summary['lora_params']
-  assert summary['model_params'] == M.param_count(CONFIG) + summary[
+  assert summary['model_params'] == MC.param_count(CONFIG) + summary[
     'lora_params']

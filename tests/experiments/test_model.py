@@ -1,4 +1,4 @@
-"""Tests for experiments/model.py (the LLaMA-style decoder)."""
+"""Tests for experiments/common/model.py (the LLaMA-style decoder)."""
 
 import jax
 import jax.numpy as jnp
@@ -8,11 +8,13 @@ import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
-from experiments import model as M
+from experiments.common import model as M
+from experiments.common import model_config as MC
+from experiments.common.generate import greedy_generate
 
 
-def _tiny(**overrides) -> M.LlamaConfig:
-  return M.get_config('tiny', **overrides)
+def _tiny(**overrides) -> MC.LlamaConfig:
+  return MC.get_config('tiny', **overrides)
 
 
 def _param_sizes(model: nnx.Module) -> int:
@@ -41,26 +43,26 @@ def test_forward_shape_and_dtype(tiny_model):
   assert np.isfinite(np.asarray(logits)).all()
 
 
-@pytest.mark.parametrize('name', sorted(M.PRESETS))
+@pytest.mark.parametrize('name', sorted(MC.PRESETS))
 def test_param_count_matches_formula(name):
-  cfg = M.get_config(name)
+  cfg = MC.get_config(name)
   abstract = nnx.eval_shape(lambda: M.Llama(cfg, rngs=nnx.Rngs(0)))
-  assert _param_sizes(abstract) == M.param_count(cfg)
+  assert _param_sizes(abstract) == MC.param_count(cfg)
 
 
 def test_preset_sizes():
-  counts = {name: M.param_count(cfg) for name, cfg in M.PRESETS.items()}
+  counts = {name: MC.param_count(cfg) for name, cfg in MC.PRESETS.items()}
   assert 0.5e6 < counts['tiny'] < 2e6
   assert 5e6 < counts['small'] < 15e6
   # HF reports 134,515,008 parameters for SmolLM2-135M.
   assert counts['smollm2_135m'] == 134_515_008
   paper = {'60m': (512, 1376, 8, 8), '130m': (768, 2048, 12, 12)}
   for name, (dim, ffn, heads, layers) in paper.items():
-    cfg = M.PRESETS[name]
+    cfg = MC.PRESETS[name]
     assert (cfg.dim, cfg.ffn_dim, cfg.n_heads, cfg.n_layers) == (
       dim, ffn, heads, layers)
     assert cfg.max_seq_len == 256
-  assert M.get_config('60m', vocab_size=16384).vocab_size == 16384
+  assert MC.get_config('60m', vocab_size=16384).vocab_size == 16384
 
 
 def test_tied_vs_untied_embeddings(tiny_model):
@@ -120,7 +122,7 @@ def _run_attention(attn: M.Attention, x: jax.Array, theta: float):
 
 
 def test_attention_matches_numpy_reference():
-  cfg = M.LlamaConfig(dim=32, n_heads=4, n_kv_heads=4, rope_theta=500.0)
+  cfg = MC.LlamaConfig(dim=32, n_heads=4, n_kv_heads=4, rope_theta=500.0)
   attn = M.Attention(cfg, rngs=nnx.Rngs(3))
   x = jax.random.normal(jax.random.key(4), (2, 6, cfg.dim))
   out = _run_attention(attn, x, cfg.rope_theta)
@@ -130,7 +132,7 @@ def test_attention_matches_numpy_reference():
 
 
 def test_gqa_equals_mha_with_repeated_kv_heads():
-  gqa_cfg = M.LlamaConfig(dim=32, n_heads=4, n_kv_heads=2)
+  gqa_cfg = MC.LlamaConfig(dim=32, n_heads=4, n_kv_heads=2)
   gqa = M.Attention(gqa_cfg, rngs=nnx.Rngs(5))
   mha = M.Attention(gqa_cfg.replace(n_kv_heads=4), rngs=nnx.Rngs(6))
   hd = gqa_cfg.head_dim
@@ -149,7 +151,7 @@ def test_gqa_equals_mha_with_repeated_kv_heads():
 
 def test_kv_cache_generation_matches_full_forward(tiny_model):
   prompt = np.asarray(_tokens(8, (2, 5), tiny_model.config.vocab_size))
-  generated = M.greedy_generate(tiny_model, prompt, 6)
+  generated = greedy_generate(tiny_model, prompt, 6)
   assert generated.shape == (2, 6) and generated.dtype == np.int32
   # Without a cache, the argmax after each prefix is the next generated id.
   ids = np.concatenate([prompt, generated], axis=1)
@@ -160,14 +162,14 @@ def test_kv_cache_generation_matches_full_forward(tiny_model):
 def test_greedy_generate_stops_at_eos(tiny_model):
   # Same shapes as above: the compiled steps are reused.
   prompt = np.asarray(_tokens(8, (2, 5), tiny_model.config.vocab_size))
-  free = M.greedy_generate(tiny_model, prompt, 6)
+  free = greedy_generate(tiny_model, prompt, 6)
   eos = int(free[0, 2])
   stops = [list(row).index(eos) + 1 if eos in row else 6 for row in free]
   expected = np.where(np.arange(6) < np.asarray(stops)[:, None], free, eos)
-  stopped = M.greedy_generate(tiny_model, prompt, 6, eos_id=eos)
+  stopped = greedy_generate(tiny_model, prompt, 6, eos_id=eos)
   np.testing.assert_array_equal(stopped, expected[:, :max(stops)])
   # A 1-D prompt gives a 1-D result.
-  assert M.greedy_generate(tiny_model, prompt[0], 2).shape == (2,)
+  assert greedy_generate(tiny_model, prompt[0], 2).shape == (2,)
 
 
 def test_bf16_compute_keeps_params_f32():
@@ -215,7 +217,7 @@ def test_ndim_mask_selects_matrices_and_embedding(tiny_model):
 
 def test_partition_specs_structure(tiny_model):
   params = nnx.state(tiny_model, nnx.Param)
-  specs = M.partition_specs(tiny_model, M.FSDP_TP_RULES)
+  specs = MC.partition_specs(tiny_model, MC.FSDP_TP_RULES)
   is_spec = lambda x: isinstance(x, P)
   assert (jax.tree.structure(specs, is_leaf=is_spec)
           == jax.tree.structure(params))
@@ -225,22 +227,22 @@ def test_partition_specs_structure(tiny_model):
   assert block['attn']['o_proj']['kernel'].get_value() == P('model', 'data')
   assert block['mlp']['down_proj']['kernel'].get_value() == P('model', 'data')
   assert specs['norm']['scale'].get_value() == P(None)
-  fsdp = M.partition_specs(params, M.FSDP_RULES)
+  fsdp = MC.partition_specs(params, MC.FSDP_RULES)
   up = fsdp['layers'][1]['mlp']['up_proj']['kernel'].get_value()
   assert up == P('data', None)
   with pytest.raises(ValueError, match='norm'):
-    M.partition_specs(tiny_model, M.FSDP_RULES[:-1])
+    MC.partition_specs(tiny_model, MC.FSDP_RULES[:-1])
 
 
 def test_sharded_creation_on_a_one_device_mesh():
   mesh = jax.make_mesh((1, 1), ('data', 'model'),
                        axis_types=(jax.sharding.AxisType.Auto,) * 2)
-  shardings = M.named_shardings(
+  shardings = MC.named_shardings(
     nnx.eval_shape(lambda: M.Llama(_tiny(), rngs=nnx.Rngs(0))), mesh,
-    M.FSDP_TP_RULES)
+    MC.FSDP_TP_RULES)
   kernel = shardings['layers'][0]['mlp']['gate_proj']['kernel'].get_value()
   assert kernel.spec == P('data', 'model') and kernel.mesh == mesh
-  with jax.set_mesh(mesh), nnx.logical_axis_rules(M.FSDP_TP_RULES):
+  with jax.set_mesh(mesh), nnx.logical_axis_rules(MC.FSDP_TP_RULES):
     model = M.Llama(_tiny(), rngs=nnx.Rngs(0))
   assert model.layers[0].mlp.gate_proj.kernel[...].sharding.spec == P(
     'data', 'model')

@@ -9,7 +9,7 @@ import math
 import jax
 import pytest
 
-from experiments import pretrain, train
+from experiments.pretraining import pretrain_cli, train_cli
 
 
 def _finite(x) -> bool:
@@ -20,8 +20,9 @@ def _finite(x) -> bool:
 def test_train_smoke_on_a_data2_model2_mesh(tmp_path):
   assert jax.device_count() >= 4, 'conftest.py sets 8 fake CPU devices'
   out = tmp_path / 'result.json'
-  result = train.main(['--smoke', '--optimizer', 'adam_sgg', '--mesh',
-                       'data=2,model=2', '--out', str(out), '--no-progress'])
+  result = train_cli.main(['--smoke', '--optimizer', 'adam_sgg', '--mesh',
+                           'data=2,model=2', '--out', str(out),
+                           '--no-progress'])
   written = json.loads(out.read_text())
   assert written['mesh'] == {'data': 2, 'model': 2}
   assert written['test_ppl'] == result['test_ppl']
@@ -36,8 +37,8 @@ def test_train_smoke_on_a_data2_model2_mesh(tmp_path):
 
 @pytest.mark.slow  # every experiment of the script, end to end
 def test_pretrain_smoke_all_experiments(tmp_path, capsys):
-  pretrain.main(['--smoke', '--experiment', 'all', '--mesh', 'data=1',
-                 '--out', str(tmp_path), '--no-progress'])
+  pretrain_cli.main(['--smoke', '--experiment', 'all', '--mesh', 'data=1',
+                     '--out', str(tmp_path), '--no-progress'])
   assert 'Experiment 1' in capsys.readouterr().out
   assert 'python -m experiments.pretrain --smoke' in (
     tmp_path / 'COMMAND.txt').read_text()
@@ -55,8 +56,8 @@ def test_pretrain_smoke_all_experiments(tmp_path, capsys):
 
 @pytest.mark.slow  # the script end to end (its parts: test_splits_and_tuning)
 def test_robustness_runs_the_chosen_optimizers(tmp_path):
-  pretrain.main(['--smoke', '--experiment', 'robustness', '--optimizers',
-                 'adam', '--mesh', 'data=1', '--out', str(tmp_path),
-                 '--no-progress'])
+  pretrain_cli.main(['--smoke', '--experiment', 'robustness', '--optimizers',
+                     'adam', '--mesh', 'data=1', '--out', str(tmp_path),
+                     '--no-progress'])
   robust = json.loads((tmp_path / 'robustness.json').read_text())
   assert list(robust['loss']) == ['adam']

@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 import pytest
 
-from experiments import pretrain
+from experiments.pretraining import compare, pretrain_cli
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 README = ROOT / 'README.md'
@@ -60,7 +60,7 @@ def _folder_command(folder: str) -> list[str]:
 @functools.cache
 def _generated(folder: str) -> tuple[str, dict]:
   argv = _folder_command(folder) + ['--out', str(RESULTS / folder)]
-  return pretrain.stored_compare(argv)
+  return pretrain_cli.stored_compare(argv)
 
 
 def test_every_marker_pair_is_closed_and_known():
@@ -98,7 +98,7 @@ def test_the_verdict_follows_the_runs():
   _, result = _generated('main_job_cpu')
   summary = result['summary']
   for arm in ('adam_sgg', 'adafactor_sgg'):
-    base = summary[pretrain.BASELINE_OF[arm]]['ppl']
+    base = summary[compare.BASELINE_OF[arm]]['ppl']
     assert all(a > b for a, b in zip(summary[arm]['ppl'], base)), arm
   diff = summary['adam_sgg_momentum']['paired_ppl_diff']
   assert abs(diff['mean']) < diff['std']

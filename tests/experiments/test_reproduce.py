@@ -6,7 +6,10 @@ import json
 
 import pytest
 
-from experiments import records, reproduce, train
+from experiments.common import records
+from experiments.pretraining import reproduce
+from experiments.pretraining.config import SMOKE, TrainConfig
+from experiments.pretraining.loop import train
 
 
 def _run(losses, dev=6.0, test=6.1, cpu='A'):
@@ -58,8 +61,8 @@ def test_pick_takes_the_cheapest_of_each_optimizer_sgg_first(tmp_path):
 def folder(tmp_path_factory):
   """A results folder with one recorded SGG smoke run (refreshes included)."""
   root = tmp_path_factory.mktemp('results')
-  cfg = train.TrainConfig(**train.SMOKE, optimizer='adam_sgg', mesh='data=1')
-  train.train(cfg, out=root / 'runs' / 'run.json', progress=False)
+  cfg = TrainConfig(**SMOKE, optimizer='adam_sgg', mesh='data=1')
+  train(cfg, out=root / 'runs' / 'run.json', progress=False)
   return root
 
 

@@ -13,7 +13,8 @@ from jax.sharding import AxisType
 from jax.sharding import PartitionSpec as P
 
 import sgg_optax
-from experiments import model as llama
+from experiments.common import model as llama
+from experiments.common import model_config
 from sgg_optax._src.sharding import state_partition_specs, state_shardings
 from tests import _problem
 from tests._rows import rows
@@ -22,10 +23,10 @@ _is_masked = lambda x: isinstance(x, optax.MaskedNode)
 
 
 def test_state_specs_for_nnx_llama():
-  config = llama.get_config('tiny', n_layers=2)
+  config = model_config.get_config('tiny', n_layers=2)
   model = nnx.eval_shape(lambda: llama.Llama(config, rngs=nnx.Rngs(0)))
   params = nnx.state(model, nnx.Param)
-  param_specs = llama.partition_specs(model, llama.FSDP_TP_RULES)
+  param_specs = model_config.partition_specs(model, model_config.FSDP_TP_RULES)
   tx = sgg_optax.adamw_sgg(1e-3)
   specs = state_partition_specs(tx, params, param_specs)
   abstract = jax.eval_shape(tx.init, params)
@@ -95,8 +96,8 @@ def test_state_shardings_for_linen_logical_partitioning():
 def test_nnx_optimizer_on_a_mesh_keeps_ids_with_their_kernels():
   """``nnx.Optimizer`` on a mesh with Auto axes (NNX forward passes need
   them: the model's activations carry no sharding annotations)."""
-  config = llama.get_config('tiny', n_layers=1, vocab_size=256, dim=64,
-                            ffn_dim=128, n_heads=4, n_kv_heads=2)
+  config = model_config.get_config('tiny', n_layers=1, vocab_size=256, dim=64,
+                                   ffn_dim=128, n_heads=4, n_kv_heads=2)
   mesh = _problem.make_mesh(AxisType.Auto)
   tx = optax.chain(optax.scale_by_adam(),
                    sgg_optax.sgg(recluster_interval=1, sample_size=256),
@@ -109,12 +110,12 @@ def test_nnx_optimizer_on_a_mesh_keeps_ids_with_their_kernels():
     opt.update(model, grads)
     return loss
 
-  with jax.set_mesh(mesh), nnx.logical_axis_rules(llama.FSDP_TP_RULES):
+  with jax.set_mesh(mesh), nnx.logical_axis_rules(model_config.FSDP_TP_RULES):
     model = llama.Llama(config, rngs=nnx.Rngs(0))
     opt = nnx.Optimizer(model, tx, wrt=nnx.Param)
     expected = state_shardings(
         tx, nnx.state(model, nnx.Param),
-        llama.partition_specs(model, llama.FSDP_TP_RULES))
+        model_config.partition_specs(model, model_config.FSDP_TP_RULES))
     # At construction nnx.Optimizer shards every state leaf as the helper says
     # (``opt.opt_state`` keeps the NamedTuples, hence the leaf order).
     actual = [x.sharding for x in jax.tree.leaves(opt.opt_state)]

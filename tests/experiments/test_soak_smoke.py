@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from experiments import soak
+from experiments.bench import soak
 
 pytestmark = pytest.mark.slow  # the soak script end to end
 

@@ -1,5 +1,6 @@
 """Dev/test splits, evaluation windows, LR grid extension and the run cache."""
 
+import dataclasses
 import json
 import math
 import os
@@ -7,7 +8,10 @@ import os
 import numpy as np
 import pytest
 
-from experiments import data, evaluation, pretrain, records, train
+from experiments.common import corpora, records, tokenizer
+from experiments.pretraining import evaluation, loop, pretrain_cli
+from experiments.pretraining.config import TrainConfig
+from experiments.pretraining.runner import Runner, _tag, next_lr, tune_lr
 
 
 def _stream(doc_lengths, eos=0):
@@ -71,10 +75,10 @@ def test_the_same_windows_whatever_the_batch_size():
 def test_test_windows_cover_every_bbc_topic():
   # The old evaluation read the first batches of the held-out stream in
   # document order: ~50 articles, 49 of them Business.
-  corpus = data.load_corpus('bbc_news')
-  tok = data.get_tokenizer('bytes')
+  corpus = corpora.load_corpus('bbc_news')
+  tok = tokenizer.get_tokenizer('bytes')
   lengths = [len(ids) + 1 for ids in tok.encode_batch(
-    corpus.texts(data.VALIDATION))]
+    corpus.texts(corpora.VALIDATION))]
   ends = np.cumsum(lengths)
   starts = evaluation.window_starts(int(ends[-1]), 128, 256)
   docs = np.searchsorted(ends, starts, side='right')
@@ -108,8 +112,8 @@ class _FakeRunner:
 def test_an_optimum_at_the_grid_edge_extends_the_grid(optimum, max_ext,
                                                      chosen, tried, edge):
   runner = _FakeRunner(optimum)
-  best, info = pretrain.tune_lr(train.TrainConfig(), runner,
-                                [2.5e-3, 5e-3, 1e-2], [100], max_ext)
+  best, info = tune_lr(TrainConfig(), runner, [2.5e-3, 5e-3, 1e-2], [100],
+                       max_ext)
   assert best == pytest.approx(chosen)
   assert info['lrs'] == pytest.approx(tried)
   assert info['lr_at_grid_edge'] == edge
@@ -121,15 +125,14 @@ def test_an_optimum_at_the_grid_edge_extends_the_grid(optimum, max_ext,
 def test_unreported_tuning_runs_evaluate_only_at_their_end(final_eval_only,
                                                            expected):
   runner = _FakeRunner(5e-3)
-  pretrain.tune_lr(train.TrainConfig(eval_every=25), runner,
-                   [2.5e-3, 5e-3, 1e-2], [100], 0,
-                   final_eval_only=final_eval_only)
+  tune_lr(TrainConfig(eval_every=25), runner, [2.5e-3, 5e-3, 1e-2], [100], 0,
+          final_eval_only=final_eval_only)
   assert runner.eval_every == expected
 
 
 def test_next_lr_follows_the_grid_ratio():
-  assert pretrain.next_lr(pretrain.PAPER_LRS, True) == pytest.approx(2e-2)
-  assert pretrain.next_lr(pretrain.PAPER_LRS, False) == pytest.approx(2.5e-4)
+  assert next_lr(pretrain_cli.PAPER_LRS, True) == pytest.approx(2e-2)
+  assert next_lr(pretrain_cli.PAPER_LRS, False) == pytest.approx(2.5e-4)
 
 
 def test_the_run_cache_never_reuses_a_run_of_other_code(tmp_path,
@@ -138,16 +141,16 @@ def test_the_run_cache_never_reuses_a_run_of_other_code(tmp_path,
 
   def fake_train(cfg, *, out, **_):
     calls.append(cfg)
-    result = {'config': train.dataclasses.asdict(cfg),
+    result = {'config': dataclasses.asdict(cfg),
               'provenance': records.provenance([])}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result))
     return result
 
-  monkeypatch.setattr(train, 'train', fake_train)
-  runner = pretrain.Runner(tmp_path, fresh=False, progress=False)
+  monkeypatch.setattr(loop, 'train', fake_train)
+  runner = Runner(tmp_path, fresh=False, progress=False)
   runner._streams = {('bbc_news', 'bpe', 4096, ''): None}
-  cfg = train.TrainConfig()
+  cfg = TrainConfig()
   runner.run(cfg)
   runner.run(cfg)
   assert len(calls) == 1 and runner.n_reused == 1
@@ -160,7 +163,7 @@ def test_the_run_cache_never_reuses_a_run_of_other_code(tmp_path,
   assert len(calls) == 2
   # Other code also means another file name.
   monkeypatch.setattr(records, 'EXPERIMENTS_SOURCE', '0' * 64)
-  assert pretrain._tag(cfg) != path.stem
+  assert _tag(cfg) != path.stem
 
 
 def test_provenance_records_the_environment_that_changes_timings(

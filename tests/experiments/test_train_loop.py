@@ -7,15 +7,18 @@ import numpy as np
 import pytest
 
 import sgg_optax
-from experiments import train
+from experiments.pretraining import loop, step
+from experiments.pretraining.config import TrainConfig
+from experiments.pretraining.distributed import make_mesh
+from experiments.pretraining.streams import load_streams
 
 _CFG = dict(preset='tiny', steps=7, batch_size=4, seq_len=32,
             recluster_interval=3, eval_windows=8, log_every=1)
 
 
 def _run(**changes):
-  cfg = train.TrainConfig(**{**_CFG, **changes})
-  return train.train(cfg, progress=False, mesh=train.make_mesh('data=1'))
+  cfg = TrainConfig(**{**_CFG, **changes})
+  return loop.train(cfg, progress=False, mesh=make_mesh('data=1'))
 
 
 # The momentum form (its resume: test_resume.py) runs in the `slow` set.
@@ -32,7 +35,7 @@ def test_loop_decided_refresh_trains_as_sgg_own_schedule(optimizer,
   assert diags[2]['scales'] == diags[1]['scales']
   # SGG's own on-device schedule (sgg_refresh=None: a lax.cond per step)
   # trains the same model.
-  monkeypatch.setattr(train._Stepper, 'refresh', lambda self, step: None)
+  monkeypatch.setattr(step._Stepper, 'refresh', lambda self, step: None)
   own = _run(optimizer=optimizer)
   assert own['curves']['sgg'] == diags
   np.testing.assert_allclose([x[1] for x in own['curves']['train']],
@@ -43,16 +46,16 @@ def test_loop_decided_refresh_trains_as_sgg_own_schedule(optimizer,
 
 
 def test_the_train_step_holds_no_conditional():
-  cfg = train.TrainConfig(**_CFG, optimizer='adam_sgg')
-  mesh = train.make_mesh('data=1')
+  cfg = TrainConfig(**_CFG, optimizer='adam_sgg')
+  mesh = make_mesh('data=1')
   with jax.set_mesh(mesh):
-    streams = train.load_streams(cfg)
-    s = train._setup(cfg, mesh, streams)
-    stepper = train._Stepper(s.model, s.opt, cfg.recluster_interval)
+    streams = load_streams(cfg)
+    s = loop._setup(cfg, mesh, streams)
+    stepper = step._Stepper(s.model, s.opt, cfg.recluster_interval)
     batch = jax.ShapeDtypeStruct((cfg.batch_size, cfg.seq_len + 1),
                                  np.int32, sharding=s.batch_sharding)
     op = re.compile(r'\sconditional\(')
-    texts = {refresh: train._train_step.lower(
+    texts = {refresh: step._train_step.lower(
         stepper.graphdef, stepper.state, batch, refresh).compile().as_text()
              for refresh in (False, True)}
   assert not op.search(texts[False])
@@ -65,7 +68,7 @@ def test_the_train_step_holds_no_conditional():
       texts[False])
   assert [stepper.refresh(i) for i in range(7)] == [
       sgg_optax.refresh_due(i, 3) for i in range(7)]
-  assert train._Stepper(s.model, s.opt, None).refresh(2) is None
+  assert step._Stepper(s.model, s.opt, None).refresh(2) is None
 
 
 def test_adam_with_diag_every_logs_no_sgg_diagnostics():
@@ -78,13 +81,13 @@ def test_refresh_step_compile_is_left_out_of_the_throughput(monkeypatch):
   """The refresh step compiles at its first call (step 3): that call is
   left out of the timed steps, as the first step is."""
   clock_log = []
-  real = train._Clock.resume
+  real = loop._Clock.resume
 
   def resume(self, t1):
     clock_log.append(t1)
     return real(self, t1)
 
-  monkeypatch.setattr(train._Clock, 'resume', resume)
+  monkeypatch.setattr(loop._Clock, 'resume', resume)
   # The steps of test_loop_decided_refresh_trains_as_sgg_own_schedule's
   # first run (evaluation and diagnostics periods change no compiled step):
   # in the same process, they are compiled once for both.

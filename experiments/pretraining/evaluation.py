@@ -2,13 +2,14 @@
 
 Three splits, all fixed for a corpus and tokenizer:
 
-* **train**: data.py's training documents, minus dev;
-* **dev**: every `DEV_EVERY`-th piece of data.py's training stream (a piece
+* **train**: the corpus's training documents (`experiments.common.corpora`),
+  minus dev;
+* **dev**: every `DEV_EVERY`-th piece of the training stream (a piece
   is one document, or `PIECE_TOKENS` tokens of a longer one), held out of
   training. Pieces follow the documents' id order, so dev is spread evenly
   over the whole stream (every BBC topic, every novel). Every tuning choice
   (learning rate, grid extension) reads dev only;
-* **test**: data.py's held-out ("validation") documents, reported only.
+* **test**: the corpus's held-out ("validation") documents, reported only.
 
 A split is scored on `num_windows` windows of ``seq_len + 1`` tokens whose
 starts are evenly spaced from the first to the last possible offset of the
@@ -65,7 +66,7 @@ def split_dev(tokens: np.ndarray, eos_id: int | None,
   ``i % every == offset``.
 
   Args:
-    tokens: data.py's training stream.
+    tokens: the corpus's training stream.
     eos_id: the end-of-document token.
     every: one piece in ``every`` goes to dev.
     offset: which one.
@@ -135,7 +136,7 @@ def make_eval_set(name: str, tokens: np.ndarray, *, seq_len: int,
   """`window_starts` windows of ``tokens``, in global batches.
 
   Every process builds its own rows of each batch (the contiguous block of
-  process ``p``), as data.py does for training batches.
+  process ``p``), as `experiments.common.batches` does for training batches.
   """
   starts = window_starts(len(tokens), seq_len, num_windows)
   pad = -len(starts) % batch_size

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 import sgg_optax
-from experiments import records
+from experiments.common import records
 
 
 class ScaleHistory:

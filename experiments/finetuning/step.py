@@ -10,8 +10,8 @@ import optax
 from flax import nnx
 
 import sgg_optax
-from experiments import finetune_model as FM
-from experiments import model as M
+from experiments.common import model as M
+from experiments.finetuning import model as FM
 
 CLAMP = (0.1, 10.0)  # SGG's scale bounds (the paper's), passed explicitly
 

@@ -22,7 +22,10 @@ from typing import Any
 
 import numpy as np
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+# This file is experiments/common/records.py: all of experiments/ is the
+# folder above its own, the repository root the one above that.
+_EXPERIMENTS_DIR = pathlib.Path(__file__).resolve().parents[1]
+ROOT = _EXPERIMENTS_DIR.parent
 # What makes a result: the library, the experiment code and the build file.
 # Results folders are outputs, not code.
 _CODE_PATHS = ('sgg_optax', 'experiments', 'pyproject.toml',
@@ -47,7 +50,7 @@ def _sgg_optax_dir() -> pathlib.Path:
 
 
 SGG_OPTAX_SOURCE = source_sha256(_sgg_optax_dir())
-EXPERIMENTS_SOURCE = source_sha256(pathlib.Path(__file__).resolve().parent)
+EXPERIMENTS_SOURCE = source_sha256(_EXPERIMENTS_DIR)
 
 
 def _git(*args: str) -> str | None:

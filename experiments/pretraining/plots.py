@@ -95,7 +95,7 @@ def plot_lr_sweep(sweep: Mapping[str, Mapping[str, Any]],
 
   Args:
     sweep: per optimizer ``{'by_lr': {lr: {'dev_ppl': [..] (None when
-      diverged)}}}`` (pretrain.tune_lr).
+      diverged)}}}`` (runner.tune_lr).
     path: PNG path.
     labels: display names.
 
@@ -178,7 +178,7 @@ def plot_scales(result: Mapping[str, Any], path: str | pathlib.Path,
   """Per-layer SGG cluster scales over training (one panel per layer).
 
   Args:
-    result: a train.py results dictionary with SGG diagnostics.
+    result: a `loop.train` results dictionary with SGG diagnostics.
     path: PNG path.
     title: figure title.
 

@@ -1,4 +1,31 @@
-"""LoRA and Q-LoRA adapters for NNX models; optimizers that train only them."""
+"""LoRA and Q-LoRA adapters for NNX models; optimizers that train only them.
+
+Why not flax's own ``nnx.LoRA`` / ``nnx.LoRALinear`` (flax 0.12): they would
+change what the committed runs compute, so only flax's variable type is
+reused (`LoRAParam` subclasses ``nnx.LoRAParam``, so flax filters on it
+select our adapters too). The differences:
+
+* scaling: the update is ``(alpha / rank) * x @ A @ B``, PEFT's convention
+  (LoRA pre-training uses alpha = 2 x rank); ``nnx.LoRA`` has no scale, and
+  folding one into the initialisation is not the same model under Adam;
+* initialisation: ``A`` is uniform in ``±1/sqrt(in)`` (PEFT's
+  Kaiming-uniform), drawn with one ``rngs.params()`` key per adapted layer;
+  ``nnx.LoRA`` draws ``he_uniform`` (``±sqrt(6/in)``) and also spends a key
+  on the zero ``B``, which moves the key of every later layer's ``A``: a
+  different initialisation even given our initializer;
+* the base: `LoRALinear` wraps an existing layer, a pretrained
+  ``nnx.Linear`` or Q-LoRA's int8 `experiments.common.gguf.Int8Linear`,
+  calls it on the input in the input's own dtype and adds the float32
+  adapter path cast to the base output's dtype. ``nnx.LoRALinear`` is a new
+  ``nnx.Linear`` (no int8 base, no pretrained kernel), and
+  ``nnx.LoRA(base_module=...)`` promotes the input to the adapters' dtype
+  before calling the base (a bf16 or int8 base would see float32);
+* dropout on the adapter input, and merging (`merge_lora`, re-quantising an
+  int8 base), have no nnx counterpart;
+* names: the frozen layer is ``.base`` (pre-training's trainable filter
+  leaves out paths through ``base``; checkpoints are keyed by path), where
+  nnx says ``base_module``.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +40,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from experiments.gguf import Int8Linear
+from experiments.common.gguf import Int8Linear
 
 Array = jax.Array
 DType = Any
@@ -30,12 +57,12 @@ LORA_NAMES = ('lora_a', 'lora_b')
 FROZEN, TRAINABLE = 'frozen', 'lora'
 
 
-class LoRAParam(nnx.Param):
+class LoRAParam(nnx.LoRAParam):
   """A trainable low-rank factor; every other `nnx.Param` stays frozen.
 
-  A subclass of `nnx.Param`, so `wrt=nnx.Param` still selects it (full
-  fine-tuning of an adapted model), while `wrt=LoRAParam` selects the
-  adapters alone.
+  A subclass of `nnx.Param` (through flax's ``nnx.LoRAParam``), so
+  `wrt=nnx.Param` still selects it (full fine-tuning of an adapted model),
+  while `wrt=LoRAParam` selects the adapters alone.
   """
 
 

@@ -11,8 +11,9 @@ import pathlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from experiments import finetune_report as FR
-from experiments import records
+from experiments.common import records
+from experiments.finetuning import aggregate as FA
+from experiments.finetuning import report as FR
 
 Run = dict[str, Any]
 # get(lr, seed, T, beta3) -> run; T, beta3 None for AdamW.
@@ -31,7 +32,7 @@ def lr_search(get: Callable[[float], Run], grid: Sequence[float],
   lrs = sorted(runs)
   ratio = lrs[-1] / lrs[-2] if len(lrs) > 1 else None
   for _ in range(extensions if ratio else 0):
-    best, lrs = FR.best_of(list(runs.values())), sorted(runs)
+    best, lrs = FA.best_of(list(runs.values())), sorted(runs)
     if best['lr'] == lrs[-1]:
       new = lrs[-1] * ratio
     elif best['lr'] == lrs[0]:
@@ -40,7 +41,7 @@ def lr_search(get: Callable[[float], Run], grid: Sequence[float],
       break
     new = float(f'{new:.3g}')
     runs[new] = get(new)
-  return FR.best_of(list(runs.values())), sorted(runs)
+  return FA.best_of(list(runs.values())), sorted(runs)
 
 
 def tune_arm(get: Getter, sgg: bool, grid: Sequence[float], extensions: int,
@@ -54,7 +55,7 @@ def tune_arm(get: Getter, sgg: bool, grid: Sequence[float], extensions: int,
     return best
   others = [get(best['lr'], tune_seed, t, b) for t in intervals
             for b in beta3s if (t, b) != (t0, b0)]
-  return FR.best_of([best, *others])
+  return FA.best_of([best, *others])
 
 
 def sgg_intervals(fracs: Sequence[float], steps: int) -> list[int]:
@@ -73,8 +74,8 @@ class Sweep:
   def __init__(self, args: argparse.Namespace):
     import jax.numpy as jnp
 
-    from experiments import finetune_run as FRun
-    from experiments import lora as L
+    from experiments.common import lora as L
+    from experiments.finetuning import run as FRun
     self.args, self.FRun = args, FRun
     self.runs_dir = pathlib.Path(args.out) / 'runs'
     sizes = FRun.EvalSizes(args.dev_windows, args.test_windows,
@@ -89,7 +90,7 @@ class Sweep:
     self.runs: list[Run] = []
 
   def spec(self, task, method, optimizer, lr, seed, interval, beta3):
-    from experiments import finetune_step as FS
+    from experiments.finetuning import step as FS
     a = self.args
     opt = FS.OptSettings(
       name=optimizer, b2=a.b2, weight_decay=a.weight_decay, clip=a.clip,
@@ -130,7 +131,7 @@ class Sweep:
                     sgg_intervals(a.sgg_interval_fracs, a.steps),
                     a.sgg_beta3s)
     for seed in a.seeds:
-      get(best['lr'], seed, *FR.config(best)[1:])
+      get(best['lr'], seed, *FA.config(best)[1:])
 
   def zero_shot(self, task: str) -> list[Run]:
     import json
@@ -174,7 +175,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
   """Runs the sweep (or only its summary) and writes the results folder."""
   out = pathlib.Path(args.out)
   if args.summary_only:
-    runs, zero = FR.load_runs(out), _load_zero_shot(out)
+    runs, zero = FA.load_runs(out), _load_zero_shot(out)
     return FR.summarize(out, runs, zero, args.tune_seed, args.seeds)
   out.mkdir(parents=True, exist_ok=True)
   FR.write_command(out, args.command)

@@ -13,14 +13,14 @@ import jax
 import jax.numpy as jnp
 
 import sgg_optax
-from experiments import finetune_data as FD
-from experiments import finetune_eval as FE
-from experiments import finetune_log as FL
-from experiments import finetune_model as FM
-from experiments import finetune_step as FS
-from experiments import gguf as G
-from experiments import lora as L
-from experiments import records
+from experiments.common import gguf as G
+from experiments.common import lora as L
+from experiments.common import records
+from experiments.finetuning import data as FD
+from experiments.finetuning import eval as FE
+from experiments.finetuning import log as FL
+from experiments.finetuning import model as FM
+from experiments.finetuning import step as FS
 
 
 @dataclasses.dataclass(frozen=True)

@@ -9,8 +9,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments import finetune_data as FD
-from experiments import finetune_step as FS
+from experiments.finetuning import data as FD
+from experiments.finetuning import step as FS
 
 Score = Callable[[dict[str, jax.Array]], jax.Array]
 

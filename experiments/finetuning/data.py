@@ -2,11 +2,11 @@
 
 Three splits for both tasks:
 
-* **train**: the training split of `experiments.data` minus dev;
+* **train**: the training split of `experiments.common.corpora` minus dev;
 * **dev**: carved from the training split, stratified by topic; every tuning
   choice (learning rate, SGG's T and beta3) is made on it;
-* **test**: the fixed held-out split of `experiments.data` (`validation`
-  there), reported only.
+* **test**: the fixed held-out split of `experiments.common.corpora`
+  (`validation` there), reported only.
 
 `lm` dev holds `DEV_FRACTION` of each topic's training articles; `cls` dev
 holds the same number of articles of every topic. Evaluation sets hold their
@@ -23,8 +23,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from experiments import data as D
-from experiments import gguf as G
+from experiments.common import batches, corpora, tokenizer
+from experiments.common import gguf as G
 
 VERBALISER = ('Business', 'Entertainment', 'Politics', 'Sports', 'Tech')
 QUESTION = ('\n\nIs this news article about Business, Entertainment, '
@@ -108,8 +108,8 @@ def articles(split: str, tok: G.GGUFTokenizer) -> Articles:
   The stream is `doc EOS doc EOS ...` in id order; cutting it at the EOS
   tokens gives back the articles, checked against the corpus.
   """
-  docs = D.load_corpus('bbc_news').split(split)
-  stream = D.tokenize_split('bbc_news', split, _StreamTokenizer(tok))
+  docs = corpora.load_corpus('bbc_news').split(split)
+  stream = tokenizer.tokenize_split('bbc_news', split, _StreamTokenizer(tok))
   ends = np.flatnonzero(stream == tok.eos_id)
   if len(ends) != len(docs):
     raise ValueError(f'{split}: {len(ends)} EOS tokens for {len(docs)} '
@@ -187,12 +187,12 @@ def by_topic(labels: np.ndarray, idx: np.ndarray) -> np.ndarray:
 def load_lm_data(tok: G.GGUFTokenizer, *, seq_len: int, dev_windows: int,
                  test_windows: int) -> LMData:
   """Train stream (id order); dev and test windows spread within each topic."""
-  train = articles(D.TRAIN, tok)
+  train = articles(corpora.TRAIN, tok)
   dev_idx = stratified_dev(train.labels, fraction=DEV_FRACTION)
   rest = np.setdiff1d(np.arange(len(train.labels)), dev_idx)
   train_stream, _ = _stream(train, rest, tok.eos_id)
   dev_stream, dev_starts = _stream(train, dev_idx, tok.eos_id)
-  test = articles(D.VALIDATION, tok)
+  test = articles(corpora.VALIDATION, tok)
   test_idx = by_topic(test.labels, np.arange(len(test.labels)))
   test_stream, test_starts = _stream(test, test_idx, tok.eos_id)
   return LMData(
@@ -265,7 +265,7 @@ def load_cls_data(tok: G.GGUFTokenizer, *, seq_len: int, dev_per_topic: int,
   Test: the held-out articles (id order, so topic by topic), all of them or
   `test_examples` spread evenly from the first to the last.
   """
-  bbc = D.load_bbc_classification()
+  bbc = corpora.load_bbc_classification()
   if [n.lower() for n in bbc.label_names] != [w.lower() for w in VERBALISER]:
     raise ValueError(f'Unexpected labels {bbc.label_names}.')
   labels = np.asarray([y for _, y in bbc.train])
@@ -294,8 +294,8 @@ def train_batch(train: np.ndarray | dict[str, np.ndarray], task: str,
   cls: `batch_size` training prompts drawn with replacement.
   """
   if task == 'lm':
-    return {'tokens': D.train_batch(train, step, batch_size=batch_size,
-                                    seq_len=seq_len, seed=seed)}
+    return {'tokens': batches.train_batch(train, step, batch_size=batch_size,
+                                          seq_len=seq_len, seed=seed)}
   rows = np.random.default_rng([seed, step]).integers(
     0, len(train['labels']), batch_size)
   return {k: v[rows] for k, v in train.items()}

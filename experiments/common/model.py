@@ -1,218 +1,24 @@
-"""A compact LLaMA-style decoder (RMSNorm, RoPE, SwiGLU, GQA) in Flax NNX."""
+"""A compact LLaMA-style decoder (RMSNorm, RoPE, SwiGLU, GQA) in Flax NNX.
+
+Its configuration, presets and sharding rules are
+`experiments.common.model_config`; greedy decoding with a KV cache is
+`experiments.common.generate`.
+"""
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
-from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from flax import nnx
-from jax.sharding import PartitionSpec
+
+from experiments.common.model_config import DType, LlamaConfig
 
 Array = jax.Array
-DType = Any
-LogicalRules = Sequence[tuple[str, str | tuple[str, ...] | None]]
-
-
-# ------------------------------------------------------------------------------
-# Configuration
-# ------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class LlamaConfig:
-  """Shape and numerics of a LLaMA-style decoder.
-
-  Attributes:
-    vocab_size: Number of token ids.
-    dim: Width of the residual stream.
-    n_layers: Number of decoder blocks.
-    n_heads: Number of query heads.
-    n_kv_heads: Number of key/value heads (grouped-query attention when it is
-      smaller than `n_heads`; it must divide `n_heads`).
-    ffn_dim: Hidden width of the SwiGLU MLP.
-    rope_theta: Base of the rotary frequencies.
-    norm_eps: Epsilon of RMSNorm.
-    tie_embeddings: Whether the output projection reuses the token embedding.
-    max_seq_len: Longest sequence the model is meant to see (a check, not a
-      buffer size: RoPE is computed on the fly).
-    dtype: Compute dtype of the matmuls (e.g. `jnp.bfloat16`).
-    param_dtype: Storage dtype of the parameters.
-  """
-
-  vocab_size: int = 32_000
-  dim: int = 512
-  n_layers: int = 8
-  n_heads: int = 8
-  n_kv_heads: int = 8
-  ffn_dim: int = 1376
-  rope_theta: float = 10_000.0
-  norm_eps: float = 1e-6
-  tie_embeddings: bool = False
-  max_seq_len: int = 256
-  dtype: DType = jnp.float32
-  param_dtype: DType = jnp.float32
-
-  def __post_init__(self):
-    if self.dim % self.n_heads:
-      raise ValueError(f'dim={self.dim} not divisible by n_heads.')
-    if self.n_heads % self.n_kv_heads:
-      raise ValueError(f'n_heads={self.n_heads} not divisible by n_kv_heads.')
-    if self.head_dim % 2:
-      raise ValueError(f'head_dim={self.head_dim} must be even for RoPE.')
-
-  @property
-  def head_dim(self) -> int:
-    """Width of one attention head."""
-    return self.dim // self.n_heads
-
-  def replace(self, **changes: Any) -> LlamaConfig:
-    """Returns a copy with some fields changed."""
-    return dataclasses.replace(self, **changes)
-
-
-PRESETS: dict[str, LlamaConfig] = {
-  # ~0.9M parameters: CI smoke tests.
-  'tiny': LlamaConfig(
-    vocab_size=4096, dim=128, n_layers=2, n_heads=4, n_kv_heads=2,
-    ffn_dim=352, tie_embeddings=True, max_seq_len=128,
-  ),
-  # ~9.3M parameters: the CPU default.
-  'small': LlamaConfig(
-    vocab_size=8192, dim=256, n_layers=6, n_heads=8, n_kv_heads=8,
-    ffn_dim=768, max_seq_len=256,
-  ),
-  # The paper's LLaMA-60M / 130M shapes (GaLore configs); vocab is free.
-  '60m': LlamaConfig(
-    vocab_size=32_000, dim=512, n_layers=8, n_heads=8, n_kv_heads=8,
-    ffn_dim=1376, max_seq_len=256,
-  ),
-  '130m': LlamaConfig(
-    vocab_size=32_000, dim=768, n_layers=12, n_heads=12, n_kv_heads=12,
-    ffn_dim=2048, max_seq_len=256,
-  ),
-  # HuggingFaceTB/SmolLM2-135M(-Instruct).
-  'smollm2_135m': LlamaConfig(
-    vocab_size=49_152, dim=576, n_layers=30, n_heads=9, n_kv_heads=3,
-    ffn_dim=1536, rope_theta=100_000.0, norm_eps=1e-5, tie_embeddings=True,
-    max_seq_len=8192,
-  ),
-}
-
-
-def get_config(name: str, **overrides: Any) -> LlamaConfig:
-  """Returns a named preset, optionally with some fields overridden.
-
-  Args:
-    name: One of `PRESETS` ('tiny', 'small', '60m', '130m', 'smollm2_135m').
-    **overrides: Fields to replace, e.g. `vocab_size=16384`.
-
-  Returns:
-    The configuration.
-  """
-  if name not in PRESETS:
-    raise KeyError(f'Unknown preset {name!r}; choose from {sorted(PRESETS)}.')
-  return PRESETS[name].replace(**overrides)
-
-
-def param_count(config: LlamaConfig) -> int:
-  """Number of parameters of `Llama(config)`, from the shapes alone."""
-  d, hd = config.dim, config.head_dim
-  attn = d * config.n_heads * hd * 2 + d * config.n_kv_heads * hd * 2
-  mlp = 3 * d * config.ffn_dim
-  block = attn + mlp + 2 * d
-  embed = config.vocab_size * d
-  head = 0 if config.tie_embeddings else d * config.vocab_size
-  return embed + config.n_layers * block + d + head
-
-
-# ------------------------------------------------------------------------------
-# Sharding: logical axis names and rules tables
-# ------------------------------------------------------------------------------
-
-# Every parameter is annotated with logical axis names:
-#   token embedding      ('vocab', 'embed')
-#   q / o projections    ('embed', 'heads') / ('heads', 'embed')
-#   k / v projections    ('embed', 'kv_heads')
-#   gate, up / down      ('embed', 'mlp') / ('mlp', 'embed')
-#   untied output head   ('embed', 'vocab')
-#   RMSNorm scales       ('norm',)
-# A rules table maps each logical name to a mesh axis (or None: replicated).
-
-LOGICAL_AXES = ('vocab', 'embed', 'heads', 'kv_heads', 'mlp', 'norm')
-
-# Everything replicated (single device, or pure data parallelism).
-REPLICATED_RULES: LogicalRules = tuple((name, None) for name in LOGICAL_AXES)
-
-# FSDP: shard the model dimension of every matrix over the 'data' axis.
-FSDP_RULES: LogicalRules = (
-  ('vocab', None), ('embed', 'data'), ('heads', None), ('kv_heads', None),
-  ('mlp', None), ('norm', None),
-)
-
-# FSDP on 'data' combined with tensor parallelism on 'model'.
-FSDP_TP_RULES: LogicalRules = (
-  ('vocab', 'model'), ('embed', 'data'), ('heads', 'model'),
-  ('kv_heads', 'model'), ('mlp', 'model'), ('norm', None),
-)
-
-
-def _logical_names(state: nnx.State) -> set[str]:
-  names = set()
-  for leaf in jax.tree.leaves(
-    state, is_leaf=lambda x: isinstance(x, nnx.Variable)
-  ):
-    if isinstance(leaf, nnx.Variable):
-      names.update(n for n in leaf.get_metadata().get('out_sharding') or ()
-                   if n is not None)
-  return names
-
-
-def partition_specs(
-  model: nnx.Module | nnx.State, rules: LogicalRules
-) -> nnx.State:
-  """Turns the logical annotations of the parameters into `PartitionSpec`s.
-
-  Uses flax's own machinery (`nnx.logical_axis_rules` and
-  `nnx.get_partition_spec`); works on real or abstract (`nnx.eval_shape`)
-  models.
-
-  Args:
-    model: A model, or an `nnx.State` of its parameters.
-    rules: Logical-to-mesh rules such as `FSDP_RULES`; it must name every
-      logical axis used by the model (map to None to replicate).
-
-  Returns:
-    A state with the structure of `nnx.state(model, nnx.Param)` whose
-    variables hold `jax.sharding.PartitionSpec`s over mesh axes.
-  """
-  state = model
-  if isinstance(model, nnx.Module):
-    state = nnx.state(model, nnx.Param)
-  missing = _logical_names(state) - {name for name, _ in rules}
-  if missing:
-    raise ValueError(f'Rules do not cover logical axes {sorted(missing)}.')
-  with nnx.logical_axis_rules(tuple(rules)):
-    return nnx.get_partition_spec(state)
-
-
-def named_shardings(
-  model: nnx.Module | nnx.State,
-  mesh: jax.sharding.Mesh,
-  rules: LogicalRules,
-) -> nnx.State:
-  """Like `partition_specs`, as `NamedSharding`s on `mesh`."""
-  return jax.tree.map(
-    lambda spec: jax.sharding.NamedSharding(mesh, spec),
-    partition_specs(model, rules),
-    is_leaf=lambda x: isinstance(x, PartitionSpec),
-  )
 
 
 def _init(
@@ -568,7 +374,7 @@ def init_cache(
 
 
 # ------------------------------------------------------------------------------
-# Loss and generation
+# Loss
 # ------------------------------------------------------------------------------
 
 
@@ -588,76 +394,3 @@ def loss_fn(model: Llama, batch: Array) -> Array:
     logits, batch[:, 1:]
   ).mean()
 
-
-@functools.partial(jax.jit, static_argnums=0)
-def _cached_step(
-  graphdef: nnx.GraphDef,
-  state: nnx.State,
-  tokens: Array,
-  caches: list[KVCache],
-  start: Array,
-  last: Array,
-) -> tuple[Array, list[KVCache]]:
-  """Runs `tokens` through the model; returns the argmax at index `last`."""
-  model = nnx.merge(graphdef, state)
-  logits, caches = model.forward(tokens, caches, start)
-  return jnp.argmax(logits[:, last], axis=-1).astype(jnp.int32), caches
-
-
-_BUCKET = 64  # Prompt and cache lengths are padded to multiples of this.
-
-
-def _round_up(n: int) -> int:
-  return -(-n // _BUCKET) * _BUCKET
-
-
-def greedy_generate(
-  model: Llama,
-  prompt_ids: Array | np.ndarray | Sequence[int],
-  max_new_tokens: int,
-  *,
-  eos_id: int | None = None,
-) -> np.ndarray:
-  """Greedy decoding with a KV cache.
-
-  The prompt is processed in one jitted call, then one token at a time.
-  Prompt and cache lengths are padded to multiples of 64, so the two
-  compiled steps are reused across calls with similar lengths (padding
-  writes keys beyond the prompt, which are masked and then overwritten).
-
-  Args:
-    model: The language model.
-    prompt_ids: Prompt token ids, shape (T,) or (B, T) (equal lengths).
-    max_new_tokens: Number of tokens to generate at most.
-    eos_id: If given, stop once every row has produced it; tokens after a
-      row's first `eos_id` are `eos_id`.
-
-  Returns:
-    The generated ids (without the prompt), int32 of shape (n,) or (B, n),
-    matching the rank of `prompt_ids`, with n <= max_new_tokens.
-  """
-  prompt = np.asarray(prompt_ids, dtype=np.int32)
-  squeeze = prompt.ndim == 1
-  prompt = np.atleast_2d(prompt)
-  batch, length = prompt.shape
-  total = length + max_new_tokens
-  if total > model.config.max_seq_len:
-    raise ValueError(f'{total} tokens exceed max_seq_len.')
-  graphdef, state = nnx.split(model)
-  padded = np.pad(prompt, ((0, 0), (0, _round_up(length) - length)))
-  caches = init_cache(model.config, batch, _round_up(total))
-  token, caches = _cached_step(graphdef, state, jnp.asarray(padded), caches,
-                               jnp.int32(0), jnp.int32(length - 1))
-  out, done = [], np.zeros(batch, bool)
-  for step in range(max_new_tokens):
-    tok = np.asarray(token)
-    if eos_id is not None:
-      tok = np.where(done, eos_id, tok)
-      done |= tok == eos_id
-    out.append(tok)
-    if done.all() or step == max_new_tokens - 1:
-      break
-    token, caches = _cached_step(graphdef, state, jnp.asarray(tok)[:, None],
-                                 caches, jnp.int32(length + step), jnp.int32(0))
-  generated = np.stack(out, axis=1) if out else np.zeros((batch, 0), np.int32)
-  return generated[0] if squeeze else generated

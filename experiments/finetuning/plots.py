@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from experiments import finetune_report as FR
+from experiments.finetuning.aggregate import config
 
 COLORS = {'full': 'C0', 'lora': 'C1', 'qlora': 'C2'}
 
@@ -15,7 +15,7 @@ COLORS = {'full': 'C0', 'lora': 'C1', 'qlora': 'C2'}
 def _chosen_runs(runs, g) -> list[dict[str, Any]]:
   return [r for r in runs if r['task'] == g['task']
           and r['method'] == g['method'] and r['optimizer'] == g['optimizer']
-          and FR.config(r) == (g['lr'], g['sgg_interval'], g['sgg_beta3'])
+          and config(r) == (g['lr'], g['sgg_interval'], g['sgg_beta3'])
           and r['seed'] in g['seeds']]
 
 

@@ -9,9 +9,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from experiments import gguf as G
-from experiments import lora as L
-from experiments import model as M
+from experiments.common import gguf as G
+from experiments.common import lora as L
+from experiments.common import model as M
 
 
 def truncate_layers(model: M.Llama, n_layers: int) -> M.Llama:

@@ -16,7 +16,8 @@ import tokenizers
 from flax import nnx
 from tokenizers import decoders, models, pre_tokenizers
 
-from experiments.model import DType, Llama, LlamaConfig, get_config
+from experiments.common.model import Llama
+from experiments.common.model_config import DType, LlamaConfig, get_config
 
 GGUF_FILENAME = 'SmolLM2-135M-Instruct.Q4_1.gguf'
 DEFAULT_SYSTEM = (

@@ -1,0 +1,20 @@
+"""Pre-training: one LLaMA training loop, and the experiments built on it.
+
+The loop (``python -m experiments.train``), one concern a module:
+
+* `config`: `TrainConfig`, its presets and its command-line flags;
+* `distributed`: multi-process start-up, the mesh and its sharding rules;
+* `optim`: the optimizers (clipping, Adam/Adafactor + SGG, the schedule,
+  the peak learning rate held in the optimizer state);
+* `streams`: the train/dev/test token streams and the global batches;
+* `evaluation`: the dev split and the windows scored on dev and test;
+* `step`: the model and optimizer, created sharded, and the jitted steps;
+* `checkpointing`: Orbax checkpoints (save, resume, refuse a foreign one);
+* `loop`: logging, the clock, periodic work, the record, and `train`;
+* `train_cli`: the command line (``main``).
+
+The experiments (``python -m experiments.pretrain``): `runner` (the run
+cache, learning-rate tuning), `compare` (experiment 1), `robustness`
+(experiment 3), `ablations` (experiment 4), `plots` and `pretrain_cli`.
+`reproduce` re-runs committed runs (``python -m experiments.reproduce``).
+"""
