@@ -15,7 +15,10 @@ make, each against Adam in one process:
   users compile, ``experiments.pretraining.step``'s whole train step (forward,
   backward and update) for a batch of ``--batch-size`` x ``--seq-len``:
   Adam, SGG's own schedule (``refresh=None``: a ``lax.cond``), and the
-  loop-decided plain and refresh steps, for both SGG forms.
+  loop-decided plain and refresh steps, for both SGG forms; for the
+  momentum form also its refresh as a program of its own
+  (``SGGTransformation.refresh`` on the optimizer state: no forward or
+  backward pass), which a loop pairs with the plain step.
 
 Run ``python -m experiments.bench_overhead --help``; results go to
 ``--out`` (``results.json`` and ``results.md``).
@@ -105,6 +108,25 @@ def dispatch(layers: list[int], rounds: int, calls: int, seed: int
   return rows
 
 
+def _refresh_program(cfg):
+  """The momentum form's refresh on the split (model, optimizer) state:
+  ``SGGTransformation.refresh`` of the same SGG as the run's optimizer."""
+  from flax import nnx
+
+  from experiments.pretraining import optim
+
+  tx = sgg_optax.adamw_sgg(1.0, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
+                           cluster_momentum=True, **optim._sgg_kwargs(cfg))
+
+  def program(graphdef, state):
+    model, opt = nnx.merge(graphdef, state)
+    new = tx.refresh(nnx.as_pure(opt.opt_state))
+    nnx.update(opt.opt_state, nnx.state(new))
+    return nnx.state((model, opt))
+
+  return program
+
+
 def compile_times(presets: list[str], batch: int, seq_len: int,
                   repeats: int) -> list[dict]:
   """Compile seconds and fused kernels of the pre-training train step."""
@@ -115,7 +137,8 @@ def compile_times(presets: list[str], batch: int, seq_len: int,
 
   variants = [('adam', None), ('adam_sgg', None), ('adam_sgg', False),
               ('adam_sgg', True), ('adam_sgg_momentum', None),
-              ('adam_sgg_momentum', False), ('adam_sgg_momentum', True)]
+              ('adam_sgg_momentum', False), ('adam_sgg_momentum', True),
+              ('adam_sgg_momentum', 'program')]
   rows = []
   for preset in presets:
     for name, refresh in tqdm(variants, desc=f'compile, {preset}',
@@ -130,12 +153,16 @@ def compile_times(presets: list[str], batch: int, seq_len: int,
                                   jnp.int32(0))
         graphdef, state = nnx.split((model, opt))
         tokens = jax.ShapeDtypeStruct((batch, seq_len + 1), jnp.int32)
+        if refresh == 'program':
+          fn, args = (jax.jit(_refresh_program(cfg), static_argnums=0),
+                      (graphdef, state))
+        else:
+          fn, args = step._train_step, (graphdef, state, tokens, refresh)
         seconds = []
         for _ in range(repeats):
           jax.clear_caches()
           t0 = time.perf_counter()
-          compiled = step._train_step.lower(graphdef, state, tokens,
-                                            refresh).compile()
+          compiled = fn.lower(*args).compile()
           seconds.append(time.perf_counter() - t0)
       text = compiled.as_text()
       rows.append({'preset': preset, 'optimizer': name,
@@ -160,12 +187,35 @@ def _table(dispatch_rows: list[dict], compile_rows: list[dict]) -> str:
           if r['optimizer'] == 'adam'}
   for r in compile_rows:
     label = {None: "SGG's own" if r['optimizer'] != 'adam' else '',
-             False: 'loop: plain', True: 'loop: refresh'}[r['refresh']]
+             False: 'loop: plain', True: 'loop: refresh',
+             'program': 'refresh program (no train step)'}[r['refresh']]
     lines.append(f"| {r['preset']} | {r['optimizer']} | {label} | "
                  f"{r['compile_s']:.2f} | "
                  f"{r['compile_s'] / adam[r['preset']]:.2f} | "
                  f"{r['fusions']} | {r['conditionals']} |")
+  pairs = _pairs(compile_rows)
+  if pairs:
+    lines += ['', 'What a loop that decides the refresh compiles, over '
+              "Adam's train step:", '',
+              '| preset | optimizer | plain step + | compile / Adam |',
+              '|---|---|---|---|']
+    lines += [f'| {p} | {o} | {w} | {x:.2f} |' for p, o, w, x in pairs]
   return '\n'.join(lines) + '\n'
+
+
+def _pairs(compile_rows: list[dict]) -> list[tuple[str, str, str, float]]:
+  """(preset, optimizer, what refreshes, plain + that over Adam)."""
+  seconds = {(r['preset'], r['optimizer'], r['refresh']): r['compile_s']
+             for r in compile_rows}
+  out = []
+  for (preset, name, refresh), s in seconds.items():
+    plain = seconds.get((preset, name, False))
+    if refresh in (True, 'program') and plain is not None:
+      what = ('refresh train step' if refresh is True
+              else 'refresh program')
+      out.append((preset, name, what,
+                  (plain + s) / seconds[(preset, 'adam', None)]))
+  return out
 
 
 def main(argv: list[str] | None = None) -> None:

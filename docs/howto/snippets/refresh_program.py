@@ -1,7 +1,6 @@
 """The momentum form's refresh as a small program on the optimizer state."""
 import jax
 import jax.numpy as jnp
-import optax
 from flax import nnx
 
 import sgg_optax
