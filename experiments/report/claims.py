@@ -44,6 +44,7 @@ from experiments.report.evidence import (
   _count,
   _pct,
 )
+from experiments.report import tables
 from experiments.report.verdicts import CLAIMS, Row
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -84,7 +85,8 @@ def claims_table(rows: Sequence[Row]) -> str:
       '"momentum" is the paper\'s Algorithm 1, "chain" clusters Adam\'s '
       'update. (1/112): our share of the tokens of the paper\'s 60M run. '
       'The CPU results reproduce bitwise only on the same instruction set '
-      'and core count: on a second CPU the main job\'s paired means moved '
+      'and core count: on a second CPU (with another order of the SGG '
+      'sample\'s draws) the main job\'s paired means moved '
       f'by up to {shift:.1f} PPL, against seed sds of '
       f'{_sd_range(rows)}; GPU repeats ended up to {GPU_REPEAT_NATS} nats '
       'apart. Every comparison, seed by seed, with its noise floor: '
@@ -130,8 +132,9 @@ def details_table(rows: Sequence[Row]) -> str:
   notes = (
       'Noise floor: how far a result moved when the same computation ran '
       'elsewhere. "cross-CPU": the shift of the paired mean when the main '
-      'job ran on a second CPU (`experiments/results/README.md`, "Where this '
-      'table reproduces"; Adam and the chain form were bitwise equal there). '
+      'job ran on a second CPU, a 2-core AMD EPYC without avx512_fp16 '
+      '(`experiments/report/evidence.py`; Adam was bitwise equal there, and '
+      'the SGG sample took its draws in another order). '
       '"GPU": the same `h100_60m/robustness` run (3x and 10x the tuned LR) '
       f'in three processes gave test losses up to {GPU_REPEAT_NATS} nats '
       'apart; at the tuned LR such run-to-run noise is part of each seed\'s '
@@ -181,15 +184,16 @@ def main(argv: Sequence[str] | None = None) -> None:
                       help='every paired comparison, seed by seed')
   parser.add_argument('--readme', action='store_true',
                       help=f'also paste the claims table into {README} '
-                      f'between {BEGIN} and {END}')
+                      f'between {BEGIN} and {END}, and every experiment '
+                      'table between its table markers (report/tables.py)')
   args = parser.parse_args(argv)
   table, details = render(args.results)
   args.out.write_text(table)
   args.details.write_text(details)
   print(f'wrote {args.out} and {args.details}')
   if args.readme:
-    README.write_text(paste(README.read_text(), table))
-    print(f'pasted the table into {README}')
+    README.write_text(tables.paste(paste(README.read_text(), table)))
+    print(f'pasted the claims and experiment tables into {README}')
 
 
 if __name__ == '__main__':
