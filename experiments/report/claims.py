@@ -33,6 +33,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from experiments.report import tables
 from experiments.report.evidence import (
   GPU_REPEAT_NATS,
   NBSP,
@@ -44,7 +45,6 @@ from experiments.report.evidence import (
   _count,
   _pct,
 )
-from experiments.report import tables
 from experiments.report.verdicts import CLAIMS, Row
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
