@@ -41,8 +41,8 @@ BLOCKS: dict[str, tuple[str, str]] = {
     'ablations': ('cpu_tiny_robustness_ablations', 'ablations'),
 }
 
-_BLOCK = re.compile(r'(<!-- table:(\w+):begin -->\n).*?(\n<!-- table:\2:end -->)',
-                    re.S)
+_BLOCK = re.compile(
+    r'(<!-- table:(\w+):begin -->\n).*?(\n<!-- table:\2:end -->)', re.S)
 
 
 def folder_command(folder: str) -> list[str]:
