@@ -62,6 +62,13 @@ def test_main_job_statements():
   assert gap > 3 * max(effects)
 
 
+def test_200_step_statements():
+  s = _summary('cpu_tiny_200')
+  assert {v['lr'] for v in s.values()} == {s['adam']['lr']}
+  assert sorted(d > 0 for d in _diffs(s, 'adam_sgg')) == [False, True, True]
+  assert all(d > 0 for d in _diffs(s, 'adam_sgg_momentum'))
+
+
 def test_lora_statements():
   s = _summary('cpu_tiny_lora_pretrain')
   for opt in ('adam_sgg', 'adam_sgg_momentum'):
