@@ -14,7 +14,8 @@ SIZE = 4096
 def _sample(x: np.ndarray, lay: sampling.LeafLayout, seed: int) -> np.ndarray:
   u = jax.random.uniform(jax.random.key(seed),
                          (sampling.cells(lay), sampling.DRAWS))
-  return np.asarray(sampling.sample_leaf(jnp.asarray(x), lay, u))
+  return np.asarray(sampling.sample_leaf(jnp.asarray(x), lay,
+                                         sampling.positions(lay, u)))
 
 
 @pytest.mark.parametrize('shape,stacked', [

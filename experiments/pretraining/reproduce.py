@@ -174,8 +174,9 @@ def reproduce(folder: pathlib.Path, n: int, early_steps: int,
                recorded_commit=run['provenance'].get('git_commit'),
                recorded_machine=there)
     rows.append(row)
+  commit, dirty = records.git_state()
   return {'folder': str(folder), 'machine': here,
-          'commit': records.git_state()[0], 'dirty': records.git_state()[1],
+          'commit': commit, 'dirty': dirty,
           'early_steps': early_steps, 'early_rtol': early_rtol,
           'final_rtol': final_rtol,
           'runs': rows, 'reproduces': all(r['reproduces'] for r in rows)}

@@ -176,17 +176,9 @@ def positions(layout: LeafLayout, u: jax.Array) -> tuple[jax.Array, ...]:
 
 
 def sample_leaf(x: jax.Array, layout: LeafLayout,
-                index: jax.Array | tuple[jax.Array, ...]) -> jax.Array:
-  """The ``(rows, count)`` float32 sample of one parameter-shaped array.
-
-  Args:
-    x: the parameter-shaped array.
-    layout: its layout.
-    index: the per-axis positions (see :func:`positions`), or the uniform
-      draws ``u`` to compute them from.
-  """
-  if not isinstance(index, tuple):
-    index = positions(layout, index)
+                index: tuple[jax.Array, ...]) -> jax.Array:
+  """The ``(rows, count)`` float32 sample of one parameter-shaped array at
+  ``index``, one row's per-axis positions (see :func:`positions`)."""
   if layout.stacked:
     rows = jnp.arange(layout.rows, dtype=jnp.int32)[:, None]
     index = (rows,) + tuple(i[None, :] for i in index)
@@ -270,7 +262,7 @@ def stack_samples(stats: Sequence[jax.Array], layouts: Sequence[LeafLayout],
     u = jax.random.uniform(jax.random.fold_in(jax.random.key(0), seed),
                            (max(total, 1), DRAWS))
     which = opaque_ints(range(max(map(len, groups.values()))), seed)
-    rows: list[jax.Array] = [u[:0, 0]] * len(layouts)
+    rows: dict[int, jax.Array] = {}
     start = 0
     for lay, members in groups.items():
       size = cells(lay)
@@ -283,7 +275,7 @@ def stack_samples(stats: Sequence[jax.Array], layouts: Sequence[LeafLayout],
                      for a in index)
         rows[i] = jnp.pad(sample_leaf(xs[i], lay, mine),
                           ((0, 0), (0, sample_size - lay.count)))
-    return jnp.concatenate(rows, axis=0)
+    return jnp.concatenate([rows[i] for i in range(len(layouts))], axis=0)
 
   return _replicated(build)(seed, *stats)
 

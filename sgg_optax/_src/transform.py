@@ -452,40 +452,15 @@ def _leaf_scaled(u: jax.Array, ids: jax.Array, lay: sampling.LeafLayout,
   return u * scale.astype(u.dtype)
 
 
-def _refresh_layers(stats, ids, lays, offsets, state: SGGState, cfg: _Config,
-                    seed: jax.Array) -> tuple[_Refreshed, list]:
-  """The refresh of the grouped layers: sample (drawn by ``seed``),
-  K-means, new scales, and (frozen) the ids re-assigned."""
-  sample = sampling.stack_samples(stats, lays, cfg.sample_size, seed)
-  new = _replicated(_refresh(sample, lays, state, cfg))
-  return new, (_reassigned(stats, ids, lays, offsets, new, state, cfg)
-               if cfg.assignment == 'frozen' else ids)
-
-
 def _refreshed_state(stat: optax.Updates, state: SGGState, cfg: _Config
                      ) -> SGGState:
   """``state`` refreshed on ``stat`` as SGG's own schedule refreshes at
-  update ``state.count`` (the same sample, K-means, scales and ids), with
-  no update to scale and the count unchanged."""
-  layouts = _plan(stat, cfg)
-  if not any(lay is not None for lay in layouts):
-    return state
-  treedef: Any
-  leaves, treedef = jax.tree.flatten(stat)
-  old_ids = treedef.flatten_up_to(state.ids)
-  group = [i for i, lay in enumerate(layouts) if lay is not None]
-  lays = [lay for lay in layouts if lay is not None]
-  frozen = cfg.assignment == 'frozen'
-  offsets = sampling.opaque_ints([lay.offset for lay in lays], state.count)
-  new, ids_g = _refresh_layers(
-      [leaves[i] for i in group], [old_ids[i] for i in group] if frozen
-      else [], lays, offsets, state, cfg, state.count)
-  new_ids = list(old_ids)
-  for i, ids in zip(group, ids_g):
-    new_ids[i] = ids
-  return SGGState(state.count, treedef.unflatten(new_ids), new.centres,
-                  new.scales, new.cluster_stats, new.fractions, new.refreshes,
-                  new.global_stat)
+  update ``state.count`` (the same sample, K-means, scales and ids), the
+  count unchanged: :func:`_apply`'s refresh step for that update, whose
+  scaled update is dropped (under ``jax.jit``, never computed)."""
+  _, new = _apply(stat, stat, state._replace(count=state.count - 1), cfg,
+                  refresh=True)
+  return new
 
 
 def refresh_due(count: int, recluster_interval: int) -> bool:
@@ -560,7 +535,10 @@ def _apply(updates: optax.Updates, stat: optax.Updates, state: SGGState,
   offsets = sampling.opaque_ints([lay.offset for lay in lays], count)
 
   def refresh_fn(st, ids):
-    return _refresh_layers(st, ids, lays, offsets, state, cfg, count)
+    sample = sampling.stack_samples(st, lays, cfg.sample_size, count)
+    new = _replicated(_refresh(sample, lays, state, cfg))
+    return new, (_reassigned(st, ids, lays, offsets, new, state, cfg)
+                 if frozen else ids)
 
   keep = lambda st, ids: (_kept(state), ids)
   operands = stat_g, [old_ids[i] for i in group] if frozen else []
@@ -806,8 +784,9 @@ def with_sgg(
   **A refresh without a train step.** The momentum is in the state, so the
   refresh needs no gradient: ``tx.refresh(opt_state)`` refreshes the
   :class:`SGGWrapperState` in ``opt_state`` (a whole chain's state is fine)
-  as SGG's own schedule does at update ``opt_state``'s count, bitwise: the
-  same sample, K-means, scales and ids, the count unchanged. A loop that
+  as SGG's own schedule does at update ``opt_state``'s count: the same
+  computation on the same momentum (the same sample, K-means, scales and
+  ids), the count unchanged. A loop that
   passes ``sgg_refresh=False`` to every update and calls ``refresh`` after
   each update that :func:`refresh_due` names compiles its train step once,
   with no conditional and no refresh, and the refresh as a small program on

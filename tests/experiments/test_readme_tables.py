@@ -17,12 +17,12 @@ import functools
 import json
 import pathlib
 import re
-import shlex
 from collections.abc import Callable
 
 import pytest
 
-from experiments.pretraining import compare, pretrain_cli
+from experiments.pretraining import compare
+from experiments.report import tables
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 README = ROOT / 'README.md'
@@ -49,18 +49,9 @@ def _blocks() -> dict[str, str]:
   return blocks
 
 
-def _folder_command(folder: str) -> list[str]:
-  """The folder's first ``python -m experiments.pretrain`` command line."""
-  for line in (RESULTS / folder / 'COMMAND.txt').read_text().splitlines():
-    if line.startswith('python -m experiments.pretrain'):
-      return shlex.split(line)[3:]
-  raise AssertionError(f'{folder}/COMMAND.txt has no pretrain command')
-
-
 @functools.cache
 def _generated(folder: str) -> tuple[str, dict]:
-  argv = _folder_command(folder) + ['--out', str(RESULTS / folder)]
-  return pretrain_cli.stored_compare(argv)
+  return tables.compare_result(folder)
 
 
 def test_every_marker_pair_is_closed_and_known():
