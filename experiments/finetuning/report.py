@@ -97,10 +97,17 @@ def markdown(summary: dict[str, Any]) -> str:
 
 
 def write_command(out: pathlib.Path, command: Sequence[str]) -> None:
-  """`COMMAND.txt`: the one command that rebuilds this folder."""
+  """Adds `command` to `COMMAND.txt`, the commands that built this folder.
+
+  Each distinct command is listed once, in the order first run: a resumed
+  `--max-minutes` chunk or a second process of the same command adds
+  nothing. Every run JSON records its own command line and commit.
+  """
   prov = records.provenance(command)
-  line = ' '.join(shlex.quote(a) for a in prov['command'])
-  (out / 'COMMAND.txt').write_text(
-    '# Rebuilds this folder (run from the repository root):\n'
-    f'PYTHONPATH=. {line}\n'
-    f'# code: commit {prov["git_commit"]}, dirty={prov["dirty"]}\n')
+  line = 'PYTHONPATH=. ' + ' '.join(shlex.quote(a) for a in prov['command'])
+  path = out / 'COMMAND.txt'
+  text = path.read_text() if path.exists() else (
+    '# The commands that built this folder, run from the repository root in\n'
+    '# order (each run JSON records its own command line and commit):\n')
+  if line not in text.splitlines():
+    path.write_text(text + line + '\n')

@@ -22,6 +22,17 @@ from experiments.finetuning import log as FL
 from experiments.finetuning import model as FM
 from experiments.finetuning import step as FS
 
+# The code that decides a run's numbers: the library, experiments/common and
+# the modules here that build, train and score a run. The sweep, the report
+# and the plots are not part of it, so changing them keeps committed runs
+# reusable (tests/experiments/test_finetune_protocol.py checks that every
+# experiments module these import is listed). Taken at import, so it names
+# the code this process runs even if the tree changes while it runs.
+RUN_CODE = ('common', 'finetuning/data.py', 'finetuning/eval.py',
+            'finetuning/log.py', 'finetuning/model.py', 'finetuning/run.py',
+            'finetuning/step.py')
+CODE_KEY = records.code_key(RUN_CODE)
+
 
 @dataclasses.dataclass(frozen=True)
 class RunSpec:
@@ -178,7 +189,7 @@ def run(ctx: Context, spec: RunSpec, path: pathlib.Path, *, quiet: bool,
     # follows the load, CPU time much less.
     'train_cpu_seconds': train_cpu,
     'cpu_seconds': time.process_time() - c0,
-    'code_key': records.code_key(),
+    'code_key': CODE_KEY,
     'provenance': records.provenance(ctx.command),
   }
   if spec.opt.name == 'adamw_sgg':
@@ -206,7 +217,7 @@ def cached(path: pathlib.Path, spec: RunSpec) -> dict[str, Any] | None:
   if not path.exists():
     return None
   r = json.loads(path.read_text())
-  if r.get('code_key') != records.code_key() or r.get('spec') != spec.record():
+  if r.get('code_key') != CODE_KEY or r.get('spec') != spec.record():
     return None
   return r
 
@@ -218,7 +229,7 @@ def zero_shot(ctx: Context, task: str, precision_name: str,
   model = ctx.bases.get(precision_name)
   parts = nnx.split(model, nnx.Param, nnx.RngState, ...)
   result = {'task': task, 'precision': precision_name,
-            **scores(ctx, task, *parts), 'code_key': records.code_key(),
+            **scores(ctx, task, *parts), 'code_key': CODE_KEY,
             'provenance': records.provenance(ctx.command)}
   records.write_json(path, result)
   return result

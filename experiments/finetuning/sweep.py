@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import pathlib
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -68,8 +69,18 @@ def sgg_intervals(fracs: Sequence[float], steps: int) -> list[int]:
   return out
 
 
+class BudgetSpent(Exception):
+  """The chunk's time (`--max-minutes`) would run out during the next run."""
+
+
 class Sweep:
-  """Runs (or reuses) every run the protocol asks for."""
+  """Runs (or reuses) every run the protocol asks for.
+
+  With `args.max_minutes`, the sweep is a chunk: it starts no run that the
+  longest run so far says would end past the budget, and raises
+  `BudgetSpent` instead. Every finished run is already its own JSON, so the
+  same command continues from them.
+  """
 
   def __init__(self, args: argparse.Namespace):
     import jax.numpy as jnp
@@ -88,6 +99,7 @@ class Sweep:
     self.lora = L.LoRAConfig(rank=args.lora_rank, alpha=args.lora_alpha,
                              dropout=args.lora_dropout, targets=targets)
     self.runs: list[Run] = []
+    self.start, self.longest, self.made = time.monotonic(), 0.0, 0
 
   def spec(self, task, method, optimizer, lr, seed, interval, beta3):
     from experiments.finetuning import step as FS
@@ -111,8 +123,15 @@ class Sweep:
     path = self.runs_dir / f'{spec.name}.json'
     r = self.FRun.cached(path, spec)
     if r is None:
+      budget = self.args.max_minutes * 60 if self.args.max_minutes else None
+      if (budget is not None
+          and time.monotonic() - self.start + self.longest > budget):
+        raise BudgetSpent(spec.name)
+      t0 = time.monotonic()
       r = self.FRun.run(self.ctx, spec, path, quiet=self.args.quiet,
                         log_every=self.args.log_every)
+      self.longest = max(self.longest, time.monotonic() - t0)
+      self.made += 1
       _report(r)
     if r not in self.runs:
       self.runs.append(r)
@@ -147,7 +166,8 @@ class Sweep:
 
 
 def _code_key() -> str:
-  return records.code_key()
+  from experiments.finetuning.run import CODE_KEY
+  return CODE_KEY
 
 
 def _report(r: Run) -> None:
@@ -171,8 +191,12 @@ def arms(args: argparse.Namespace) -> list[tuple[str, str, str]]:
   return out
 
 
-def main(args: argparse.Namespace) -> dict[str, Any]:
-  """Runs the sweep (or only its summary) and writes the results folder."""
+def main(args: argparse.Namespace) -> dict[str, Any] | None:
+  """Runs the sweep (or only its summary) and writes the results folder.
+
+  Returns:
+    The summary; None when a `--max-minutes` chunk ended first.
+  """
   out = pathlib.Path(args.out)
   if args.summary_only:
     runs, zero = FA.load_runs(out), _load_zero_shot(out)
@@ -187,8 +211,15 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
   for task in args.tasks:
     if args.zero_shot:
       zero += sweep.zero_shot(task)
-  for arm in arms(args):
-    sweep.arm(*arm)
+  try:
+    for arm in arms(args):
+      sweep.arm(*arm)
+  except BudgetSpent as e:
+    minutes = (time.monotonic() - sweep.start) / 60
+    print(f'chunk over after {minutes:.1f} min and {sweep.made} new run(s): '
+          f'{e} would end past --max-minutes {args.max_minutes:g}. Run the '
+          'same command again to continue from the run JSONs.', flush=True)
+    return None
   summary = FR.summarize(out, sweep.runs, zero, args.tune_seed, args.seeds)
   print(FR.markdown(summary))
   return summary

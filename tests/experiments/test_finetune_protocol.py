@@ -1,5 +1,6 @@
 """The fine-tuning protocol without the model: splits, windows, tuning."""
 
+import pathlib
 import types
 
 import numpy as np
@@ -127,14 +128,13 @@ def test_run_cache_needs_this_code_and_this_spec(tmp_path):
   import json
 
   from experiments.common import lora as L
-  from experiments.common import records
   from experiments.finetuning import run as FRun
   from experiments.finetuning import step as FS
   spec = FRun.RunSpec('lm', 'lora', FS.OptSettings('adamw'), 1e-3, 0, 10, 2,
                       16, L.LoRAConfig())
   path = tmp_path / 'run.json'
   assert FRun.cached(path, spec) is None
-  run = {'code_key': records.code_key(), 'spec': spec.record(), 'x': 1}
+  run = {'code_key': FRun.CODE_KEY, 'spec': spec.record(), 'x': 1}
   path.write_text(json.dumps(run))
   assert FRun.cached(path, spec) == run
   other = FRun.RunSpec('lm', 'lora', FS.OptSettings('adamw'), 1e-3, 1, 10, 2,
@@ -142,3 +142,102 @@ def test_run_cache_needs_this_code_and_this_spec(tmp_path):
   assert FRun.cached(path, other) is None
   path.write_text(json.dumps({**run, 'code_key': 'stale'}))
   assert FRun.cached(path, spec) is None
+
+
+def _experiments_imports(path: pathlib.Path, root: pathlib.Path) -> set:
+  """Files below ``root`` (experiments/) that the module at ``path`` imports."""
+  import ast
+  out = set()
+  for node in ast.walk(ast.parse(path.read_text())):
+    names = []
+    if isinstance(node, ast.ImportFrom) and node.module:
+      names = [f'{node.module}.{a.name}' for a in node.names] + [node.module]
+    elif isinstance(node, ast.Import):
+      names = [a.name for a in node.names]
+    for name in names:
+      if not name.startswith('experiments.'):
+        continue
+      rel = pathlib.Path(*name.split('.')[1:])
+      for cand in (root / rel.with_suffix('.py'), root / rel / '__init__.py'):
+        if cand.is_file():
+          out.add(cand)
+  return out
+
+
+def test_run_cache_key_covers_every_module_a_run_imports():
+  """The fine-tuning cache key (`run.RUN_CODE`) names every experiments
+  module that `run.py` reaches through its imports, so no change to the code
+  behind a run's numbers leaves a stale run reusable."""
+  from experiments.finetuning import run as FRun
+  root = pathlib.Path(FRun.__file__).resolve().parents[1]
+  covered = [root / p for p in FRun.RUN_CODE]
+  seen, todo = set(), [root / 'finetuning' / 'run.py']
+  while todo:
+    f = todo.pop()
+    if f in seen:
+      continue
+    seen.add(f)
+    todo += _experiments_imports(f, root)
+  missing = sorted(str(f.relative_to(root)) for f in seen
+                   if f.name != '__init__.py'
+                   and not any(f == c or c in f.parents for c in covered))
+  assert not missing, f'modules a run imports but RUN_CODE omits: {missing}'
+  assert len(seen) > 8  # the walk did follow the imports
+
+
+def test_code_key_follows_only_its_parts(tmp_path, monkeypatch):
+  from experiments.common import records
+  tree = tmp_path / 'experiments'
+  (tree / 'pkg').mkdir(parents=True)
+  (tree / 'pkg' / 'a.py').write_text('x = 1\n')
+  (tree / 'other.py').write_text('y = 1\n')
+  monkeypatch.setattr(records, '_EXPERIMENTS_DIR', tree)
+  key = records.code_key(('pkg',))
+  (tree / 'other.py').write_text('y = 2\n')
+  assert records.code_key(('pkg',)) == key
+  (tree / 'pkg' / 'a.py').write_text('x = 2\n')
+  assert records.code_key(('pkg',)) != key
+  assert records.code_key(('pkg', 'other.py')) != records.code_key(('pkg',))
+  with pytest.raises(ValueError, match='does not exist'):
+    records.code_key(('nope',))
+
+
+def test_a_chunk_starts_no_run_that_would_end_past_its_budget(monkeypatch,
+                                                               tmp_path):
+  """`--max-minutes`: runs start while the longest run so far still fits;
+  then `BudgetSpent`, and runs already on disk are still reused."""
+  clock = [0.0]
+  monkeypatch.setattr(FSw.time, 'monotonic', lambda: clock[0])
+  monkeypatch.setattr(FSw, '_report', lambda r: None)
+  on_disk = {'seed': 9}
+
+  class FakeRun:
+    @staticmethod
+    def cached(path, spec):
+      return on_disk if spec.name == 's9' else None
+
+    @staticmethod
+    def run(ctx, spec, path, quiet, log_every):
+      clock[0] += 600.0  # ten minutes a run
+      return {'seed': int(spec.name[1:])}
+
+  sw = object.__new__(FSw.Sweep)
+  sw.args = types.SimpleNamespace(max_minutes=25, quiet=True, log_every=1)
+  sw.FRun, sw.ctx, sw.runs_dir, sw.runs = FakeRun, None, tmp_path, []
+  sw.start, sw.longest, sw.made = 0.0, 0.0, 0
+  sw.spec = lambda task, method, opt, lr, seed, t, b: types.SimpleNamespace(
+    name=f's{seed}')
+  get = lambda seed: sw.get('cls', 'full', 'adamw', 1e-4, seed, None, None)
+  assert get(0) == {'seed': 0} and get(1) == {'seed': 1}  # 0+0, 10+10 <= 25
+  with pytest.raises(FSw.BudgetSpent, match='s2'):
+    get(2)  # 20 + 10 > 25
+  assert get(9) is on_disk  # a finished run costs nothing
+  assert sw.made == 2 and clock[0] == 1200.0
+
+
+def test_an_unfinished_chunk_exits_with_its_own_status(monkeypatch):
+  from experiments.finetuning import cli, sweep
+  monkeypatch.setattr(sweep, 'main', lambda args: None)
+  with pytest.raises(SystemExit) as e:
+    cli.main(['--max-minutes', '1'])
+  assert e.value.code == cli.CHUNK_OVER == 3
