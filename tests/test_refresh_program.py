@@ -123,19 +123,24 @@ def test_aliases_carry_the_refresh():
   params = _params()
   tx = sgg_optax.adamw_sgg(1e-3, recluster_interval=2)
   state = tx.init(params)
-  _, state = tx.update(_grads(0), state, params, sgg_refresh=False)
-  state = tx.refresh(state)
+  _, state = jax.jit(lambda g, s: tx.update(g, s, params, sgg_refresh=False))(
+      _grads(0), state)
+  state = jax.jit(tx.refresh)(state)
   assert sgg_optax.cluster_summary(state).refreshes.min() == 1
   assert isinstance(sgg_optax.lamb_sgg(1e-3), sgg_optax.SGGTransformation)
 
 
 def test_refresh_refuses_what_it_cannot_do():
+  """The refusals are decided by the state's structure, so abstract states
+  (`jax.eval_shape`) meet them as concrete ones would."""
   params = _params()
   tx = sgg_optax.adafactor_sgg(1e-3)
   with pytest.raises(ValueError, match='sgg_refresh=True'):
-    tx.refresh(tx.init(params))
+    jax.eval_shape(tx.refresh, jax.eval_shape(tx.init, params))
   part, chain = _build('frozen', 'mda')
+  state = jax.eval_shape(chain.init, params)
   with pytest.raises(ValueError, match='exactly one SGGWrapperState'):
-    part.refresh({'a': chain.init(params), 'b': chain.init(params)})
+    jax.eval_shape(part.refresh, {'a': state, 'b': state})
   with pytest.raises(ValueError, match='found 0'):
-    part.refresh(optax.adam(1e-3).init(params))
+    jax.eval_shape(part.refresh, jax.eval_shape(optax.adam(1e-3).init,
+                                                params))

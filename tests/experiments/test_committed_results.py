@@ -29,7 +29,11 @@ RESULTS = ROOT / 'experiments' / 'results'
 # ...
 PRETRAINING = ('main_job_cpu', 'cpu_tiny_robustness_ablations',
                'cpu_tiny_lora_pretrain', 'cpu_tiny_200')
-CURRENT = PRETRAINING
+# ... fine-tuning folders whose runs were made by the code behind a run's
+# numbers at HEAD (their `code_key` is the run cache's key,
+# `experiments.finetuning.run.CODE_KEY`; the sweep reuses them) ...
+FINETUNING = ('finetune_cls',)
+CURRENT = PRETRAINING + FINETUNING
 # ... and those run under the current method by an earlier code version
 # that could not be re-run here (a GPU run: no GPU was lent since; the
 # fine-tuning sweep: its SGG arms take some 3 h on this CPU); the results
@@ -61,7 +65,13 @@ def _loaded(folder: str) -> tuple[tuple[pathlib.Path, dict], ...]:
                for p in _runs(folder))
 
 
-def _code_version(run: dict) -> tuple[str, str]:
+def _code_version(run: dict) -> tuple[str, ...]:
+  """What names a run's code: a fine-tuning run's cache key (the library
+  and the modules behind its numbers: a resumed sweep's chunks share it
+  across commits that change only the sweep or the report), else both
+  source hashes."""
+  if 'code_key' in run:
+    return (run['code_key'],)
   prov = run['provenance']
   return prov['sgg_optax_source_sha256'], prov['experiments_source_sha256']
 
@@ -90,10 +100,21 @@ def test_every_run_json_carries_the_schema(folder):
   assert len(versions) == 1, f'{folder} mixes code versions: {versions}'
 
 
-def test_current_folders_share_one_code_version():
-  versions = {_code_version(run) for folder in CURRENT
+def test_pretraining_folders_share_one_code_version():
+  versions = {_code_version(run) for folder in PRETRAINING
               for _, run in _loaded(folder)}
   assert len(versions) == 1, versions
+
+
+@pytest.mark.parametrize('folder', FINETUNING)
+def test_finetuning_folder_is_this_code(folder):
+  """Every run (and zero-shot evaluation) is one the sweep at HEAD would
+  reuse: a change to the code behind their numbers fails here until the
+  folder is re-run or labelled as earlier code."""
+  from experiments.finetuning.run import CODE_KEY
+  stale = [str(where) for where, run in _loaded(folder)
+           if run.get('code_key') != CODE_KEY]
+  assert not stale, f'runs of another code: {stale[:5]}'
 
 
 @pytest.mark.slow  # one training run per folder, in a subprocess
