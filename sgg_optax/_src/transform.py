@@ -2,6 +2,7 @@
 
 import dataclasses
 import operator
+import warnings
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -144,7 +145,6 @@ class _Config:
   clamp: tuple[Any, Any]
   clamp_before: bool
   eps: Any
-  kmeans_iters: int
   sample_size: int
   assignment: str
   cluster_decay: Any
@@ -185,7 +185,12 @@ def _make_config(num_clusters, recluster_interval, beta3, *, mask,
                  assignment, cluster_decay, reference_init) -> _Config:
   """Checks the arguments of :func:`sgg` and :func:`with_sgg`."""
   num_clusters = _static_int('num_clusters', num_clusters, 1, 255)
-  kmeans_iters = _static_int('kmeans_iters', kmeans_iters, 0, 10_000)
+  if kmeans_iters is not None:
+    _static_int('kmeans_iters', kmeans_iters, 0, 10_000)
+    warnings.warn(
+        '`kmeans_iters` has no effect: the refresh solves K-means exactly '
+        '(it no longer runs Lloyd iterations). It will be removed.',
+        DeprecationWarning, stacklevel=3)
   sample_size = _static_int('sample_size', sample_size, 1, 2**24)
   _check_choice('scale_rule', scale_rule, scaling.SCALE_RULES)
   if cluster_stat is None:  # each rule's own source
@@ -200,7 +205,8 @@ def _make_config(num_clusters, recluster_interval, beta3, *, mask,
   t = _concrete(recluster_interval)
   if t is not None and (t < 1 or t != int(t)):
     raise ValueError(
-        f'`recluster_interval` must be an integer >= 1, got {t}.')
+        f'`recluster_interval` must be an integer >= 1, got '
+        f'{recluster_interval!r}.')
   for name, value in (('beta3', beta3), ('cluster_decay', cluster_decay)):
     v = _concrete(value)
     if v is not None and not 0.0 <= v < 1.0:
@@ -218,8 +224,8 @@ def _make_config(num_clusters, recluster_interval, beta3, *, mask,
     raise ValueError(f'`eps` must be >= 0, got {e}.')
   return _Config(num_clusters, recluster_interval, beta3, mask,
                  stacked_layers, cluster_stat, global_stat, scale_rule,
-                 tuple(clamp), clamp_order == 'before', eps, kmeans_iters,
-                 sample_size, assignment, cluster_decay, reference_init)
+                 tuple(clamp), clamp_order == 'before', eps, sample_size,
+                 assignment, cluster_decay, reference_init)
 
 
 def _leaf_flags(spec: MaskOrFn, tree: Any, default: Callable[[Any], bool]
@@ -309,15 +315,10 @@ def _refresh(x: jax.Array, lays, state: SGGState, cfg: _Config
   x = jnp.where(valid, x, 0.0)
   feat = jnp.abs(x) if cfg.cluster_stat == 'abs' else x
   first = refreshes0 == 0
-  # K-means starts from the quantiles on a layer's first refresh, and again
-  # whenever its centres have collapsed (all equal); else from the last ones.
-  seed = first | jnp.all(centres0 == centres0[:, :1], axis=-1)
-  start = jax.lax.cond(
-      jnp.any(seed),
-      lambda: jnp.where(seed[:, None], kmeans.quantile_init(feat, valid, k),
-                        centres0),
-      lambda: centres0)
-  centres = kmeans.kmeans_1d(feat, valid, start, cfg.kmeans_iters)
+  # The sample's rows are padded to ``sample_size``; K-means needs only the
+  # longest row's entries.
+  used = max(lay.count for lay in lays)
+  centres = kmeans.kmeans_1d(feat[:, :used], valid[:, :used], k)
   ids = kmeans.assign_rows(feat, centres)
   counts = kmeans.cluster_counts(ids, valid, k)
   fractions = counts / jnp.maximum(jnp.sum(counts, -1, keepdims=True), 1.0)
@@ -613,8 +614,9 @@ _COMMON_ARGS_DOC = r"""
       or ``'after'`` (clamp the scale, the reference code); by default the
       rule's own source.
     eps: added to the cluster statistic in the ratio's denominator.
-    kmeans_iters: Lloyd iterations per refresh (static), warm-started from
-      the previous centres.
+    kmeans_iters: deprecated and ignored: the refresh finds the optimal
+      partition of each layer's sample (``sgg_optax/_src/kmeans.py``), not
+      Lloyd's local one.
     sample_size: values per layer read by the refresh (static): layers up to
       this size are clustered exactly, larger ones on a stratified random
       sample redrawn at every refresh (see ``sgg_optax/_src/sampling.py``).
@@ -640,7 +642,7 @@ def sgg(
     clamp: tuple[float, float] = (0.1, 10.0),
     clamp_order: str | None = None,
     eps: float | jax.Array = 1e-8,
-    kmeans_iters: int = 10,
+    kmeans_iters: int | None = None,
     sample_size: int = 4096,
     assignment: str = 'frozen',
     cluster_decay: float | jax.Array = 0.95,
@@ -761,7 +763,7 @@ def with_sgg(
     clamp: tuple[float, float] = (0.1, 10.0),
     clamp_order: str | None = None,
     eps: float | jax.Array = 1e-8,
-    kmeans_iters: int = 10,
+    kmeans_iters: int | None = None,
     sample_size: int = 4096,
     assignment: str = 'frozen',
     cluster_decay: float | jax.Array = 0.95,
@@ -820,8 +822,8 @@ def with_sgg(
     ...                            state, params)
     >>> print(state[0].sgg_state.ids['w'])
     [[0 0 0]
-     [0 0 1]
-     [1 1 1]
+     [0 1 1]
+     [1 1 2]
      [2 2 2]]
 
     The refresh as a program of its own, after the updates it is due at:
