@@ -8,6 +8,16 @@ momentum, and the aliases are ready-made optimizers.
 """
 
 from sgg_optax._src.aliases import adafactor_sgg, adamw_sgg, lamb_sgg
+from sgg_optax.bases import (
+    adam_mini,
+    apollo,
+    apollo_sgg,
+    came,
+    came_sgg,
+    scale_by_adam_mini,
+    scale_by_apollo,
+    scale_by_came,
+)
 from sgg_optax._src.diagnostics import (
     ClusterSummary,
     cluster_summary,
@@ -38,13 +48,21 @@ __all__ = (
     'SGGWrapperState',
     'StateMismatchError',
     'adafactor_sgg',
+    'adam_mini',
     'adamw_sgg',
+    'apollo',
+    'apollo_sgg',
+    'came',
+    'came_sgg',
     'cluster_summary',
     'find_sgg_states',
     'group_names',
     'ids_to_device',
     'lamb_sgg',
     'refresh_due',
+    'scale_by_adam_mini',
+    'scale_by_apollo',
+    'scale_by_came',
     'sgg',
     'state_partition_specs',
     'state_shardings',
