@@ -8,16 +8,6 @@ momentum, and the aliases are ready-made optimizers.
 """
 
 from sgg_optax._src.aliases import adafactor_sgg, adamw_sgg, lamb_sgg
-from sgg_optax.bases import (
-    adam_mini,
-    apollo,
-    apollo_sgg,
-    came,
-    came_sgg,
-    scale_by_adam_mini,
-    scale_by_apollo,
-    scale_by_came,
-)
 from sgg_optax._src.diagnostics import (
     ClusterSummary,
     cluster_summary,
@@ -38,6 +28,16 @@ from sgg_optax._src.transform import (
     with_sgg,
 )
 from sgg_optax._src.upgrade import StateMismatchError, upgrade_state
+from sgg_optax.bases import (
+    adam_mini,
+    apollo,
+    apollo_sgg,
+    came,
+    came_sgg,
+    scale_by_adam_mini,
+    scale_by_apollo,
+    scale_by_came,
+)
 
 __version__ = '0.2.0'
 

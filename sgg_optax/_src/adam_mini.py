@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from sgg_optax._src.came import one_minus_pow
 from sgg_optax._src.transform import MaskOrFn
 
 # What a block is, per role, for kernels laid out (inputs, outputs) as in
@@ -233,8 +234,7 @@ def scale_by_adam_mini(
     treedef = jax.tree.structure(updates)
     lays = _layouts(updates, block_fn, num_heads, num_kv_heads)
     t = optax.safe_increment(state.count)
-    tf = t.astype(jnp.float32)
-    bc1, bc2 = 1 - b1 ** tf, 1 - b2 ** tf
+    bc1, bc2 = one_minus_pow(b1, t), one_minus_pow(b2, t)
     out = []
     for g, m, v, lay in zip(treedef.flatten_up_to(updates),
                             treedef.flatten_up_to(state.mu),

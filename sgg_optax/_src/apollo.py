@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from sgg_optax._src import aliases
+from sgg_optax._src.came import one_minus_pow
 from sgg_optax._src.transform import MaskOrFn, SGGTransformation
 
 PROJS = ('random', 'svd')
@@ -207,8 +208,7 @@ def _scale_by_apollo(
     t = optax.safe_increment(count)
     correction = jnp.asarray(1.0, jnp.float32)
     if correct_bias:
-      correction = (jnp.sqrt(1 - b2 ** t.astype(jnp.float32))
-                    / (1 - b1 ** t.astype(jnp.float32)))
+      correction = (jnp.sqrt(one_minus_pow(b2, t)) / one_minus_pow(b1, t))
     flat = [treedef.flatten_up_to(x) for x in (
         updates, state.mu, state.nu, state.grad_norm, state.projection)]
     flags = _flags(projected, updates)

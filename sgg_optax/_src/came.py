@@ -1,5 +1,6 @@
 """CAME (Luo et al., ACL 2023) as an optax transformation, and with SGG."""
 
+import math
 from typing import Any, NamedTuple
 
 import jax
@@ -56,6 +57,24 @@ def _approx(row: jax.Array, col: jax.Array) -> jax.Array:
 
 def _rms(x: jax.Array) -> jax.Array:
   return jnp.sqrt(jnp.mean(jnp.square(x)))
+
+
+def one_minus_pow(b: Any, t: jax.Array) -> jax.Array:
+  r"""Adam's bias correction :math:`1 - b^t` in float32, without the
+  cancellation of ``1 - b ** t``.
+
+  With ``b = 0.999`` in float32, ``1 - b ** 2`` is off by about 3e-5 of its
+  value; the reference packages compute it in float64. This takes
+  :math:`-\operatorname{expm1}(t \log b)` with the logarithm of a Python
+  ``b`` taken in float64 (a traced ``b``, e.g. under
+  :func:`optax.inject_hyperparams`, is already rounded to its dtype).
+  """
+  tf = t.astype(jnp.float32)
+  if isinstance(b, (int, float)):
+    if b == 0:
+      return jnp.ones_like(tf)
+    return -jnp.expm1(tf * math.log(b))
+  return -jnp.expm1(tf * jnp.log(b))
 
 
 def _check_unit(name: str, values: tuple[Any, ...]) -> None:
