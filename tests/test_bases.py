@@ -83,7 +83,7 @@ def _replay(kind, tx_for, fx, config, names, layout=lambda n, x: x,
 # ------------------------------------------------------------------------------
 
 CAME = _load('came')
-CAME_NAMES = ('w', 'u', 't', 'b')
+CAME_NAMES = ('w', 'u', 't', 'b', 'z', 'bz')  # z, bz: zero gradients
 
 
 def _came(config: str) -> optax.GradientTransformation:
