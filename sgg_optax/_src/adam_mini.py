@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from sgg_optax._src.came import one_minus_pow
+from sgg_optax._src.base_utils import like, one_minus_pow, stat_dtype
 from sgg_optax._src.transform import MaskOrFn
 
 # What a block is, per role, for kernels laid out (inputs, outputs) as in
@@ -224,8 +224,8 @@ def scale_by_adam_mini(
     leaves = treedef.flatten_up_to(params)
     lays = _layouts(params, block_fn, num_heads, num_kv_heads)
     mu = [jnp.zeros_like(p, dtype=mu_dtype) for p in leaves]
-    nu = [_block_mean(jnp.zeros_like(p, dtype=jnp.promote_types(
-        p.dtype, jnp.float32)), lay) for p, lay in zip(leaves, lays)]
+    nu = [_block_mean(jnp.zeros_like(p, dtype=stat_dtype(p.dtype)), lay)
+          for p, lay in zip(leaves, lays)]
     return ScaleByAdamMiniState(jnp.zeros([], jnp.int32),
                                 treedef.unflatten(mu), treedef.unflatten(nu))
 
@@ -240,11 +240,12 @@ def scale_by_adam_mini(
                             treedef.flatten_up_to(state.mu),
                             treedef.flatten_up_to(state.nu), lays):
       grad = g.astype(v.dtype)
-      v = b2 * v + (1 - b2) * _block_mean(jnp.square(grad), lay)
+      v_old, v = v, b2 * v + (1 - b2) * _block_mean(jnp.square(grad), lay)
       m32 = b1 * m.astype(v.dtype) + (1 - b1) * grad
       h = jnp.sqrt(v) / jnp.sqrt(bc2) + eps
       u = m32.reshape(lay.view) * ((1 / bc1) / h)
-      out.append((u.reshape(g.shape).astype(g.dtype), m32.astype(m.dtype), v))
+      out.append((u.reshape(g.shape).astype(g.dtype),
+                  *like((m32.astype(m.dtype), v), (m, v_old))))
     u, mu, nu = (treedef.unflatten(x) for x in zip(*out))
     return u, ScaleByAdamMiniState(t, mu, nu)
 

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from sgg_optax._src import aliases
-from sgg_optax._src.came import one_minus_pow
+from sgg_optax._src.base_utils import like, one_minus_pow, stat_dtype
 from sgg_optax._src.transform import MaskOrFn, SGGTransformation
 
 PROJS = ('random', 'svd')
@@ -145,8 +145,7 @@ def _scale_by_apollo(
             jnp.zeros(_proj_shape(p.shape, rank, proj), jnp.float32)
             if proj == 'svd' else optax.MaskedNode())
       else:
-        mu.append(jnp.zeros_like(p, dtype=jnp.promote_types(
-            p.dtype, jnp.float32)))
+        mu.append(jnp.zeros_like(p, dtype=stat_dtype(p.dtype)))
         norms.append(optax.MaskedNode())
         projs.append(optax.MaskedNode())
     # Two trees of distinct buffers (a donated state must not alias).
@@ -157,13 +156,15 @@ def _scale_by_apollo(
         treedef.unflatten(projs))
 
   def adam_leaf(g, m, v, correction):
+    m_old, v_old = m, v
     grad = g.astype(m.dtype)
     m = b1 * m + (1 - b1) * grad
     v = b2 * v + (1 - b2) * jnp.square(grad)
     u = correction * m / (jnp.sqrt(v) + eps)
-    return u.astype(g.dtype), m, v
+    return u.astype(g.dtype), *like((m, v), (m_old, v_old))
 
   def apollo_leaf(index, g, m, v, norm, p_old, count, correction):
+    m_old, v_old, norm_old = m, v, norm
     grad = g.astype(jnp.float32)
     refresh = count // update_proj_gap
     if proj == 'svd':
@@ -199,7 +200,8 @@ def _scale_by_apollo(
       norm = size / limiter
     if not scale_front:
       s = s * root_scale
-    return (correction * s).astype(g.dtype), m, v, norm, p_new
+    return ((correction * s).astype(g.dtype),
+            *like((m, v, norm, p_new), (m_old, v_old, norm_old, p_old)))
 
   def update_fn(updates, state, params=None):
     del params

@@ -1,6 +1,5 @@
 """CAME (Luo et al., ACL 2023) as an optax transformation, and with SGG."""
 
-import math
 from typing import Any, NamedTuple
 
 import jax
@@ -8,6 +7,7 @@ import jax.numpy as jnp
 import optax
 
 from sgg_optax._src import aliases
+from sgg_optax._src.base_utils import like, stat_dtype
 from sgg_optax._src.transform import MaskOrFn, SGGTransformation
 
 
@@ -44,11 +44,6 @@ def _unzip(like: Any, tree: Any, n: int) -> list[Any]:
           for i in range(n)]
 
 
-def _stat_dtype(dtype: Any) -> Any:
-  """The dtype statistics are computed and kept in (float32 at least)."""
-  return jnp.promote_types(dtype, jnp.float32)
-
-
 def _approx(row: jax.Array, col: jax.Array) -> jax.Array:
   """CAME's (and Adafactor's) rank-1 reconstruction, as ``1/sqrt``."""
   r = jax.lax.rsqrt(row / jnp.mean(row, axis=-1, keepdims=True))
@@ -57,24 +52,6 @@ def _approx(row: jax.Array, col: jax.Array) -> jax.Array:
 
 def _rms(x: jax.Array) -> jax.Array:
   return jnp.sqrt(jnp.mean(jnp.square(x)))
-
-
-def one_minus_pow(b: Any, t: jax.Array) -> jax.Array:
-  r"""Adam's bias correction :math:`1 - b^t` in float32, without the
-  cancellation of ``1 - b ** t``.
-
-  With ``b = 0.999`` in float32, ``1 - b ** 2`` is off by about 3e-5 of its
-  value; the reference packages compute it in float64. This takes
-  :math:`-\operatorname{expm1}(t \log b)` with the logarithm of a Python
-  ``b`` taken in float64 (a traced ``b``, e.g. under
-  :func:`optax.inject_hyperparams`, is already rounded to its dtype).
-  """
-  tf = t.astype(jnp.float32)
-  if isinstance(b, (int, float)):
-    if b == 0:
-      return jnp.ones_like(tf)
-    return -jnp.expm1(tf * math.log(b))
-  return -jnp.expm1(tf * jnp.log(b))
 
 
 def _check_unit(name: str, values: tuple[Any, ...]) -> None:
@@ -160,7 +137,7 @@ def scale_by_came(
   eps1, eps2 = eps
 
   def init_leaf(p):
-    dt = _stat_dtype(p.dtype)
+    dt = stat_dtype(p.dtype)
     z = jnp.zeros_like(p, dtype=dt)
     mu = jnp.zeros_like(p, dtype=mu_dtype or dt)
     if p.ndim < 2:
@@ -176,7 +153,9 @@ def scale_by_came(
     return ScaleByCameState(jnp.zeros([], jnp.int32), *parts)
 
   def update_leaf(g, mu, v_row, v_col, v, res_row, res_col):
-    dt = _stat_dtype(g.dtype)
+    old_v_row, old_v_col, old_v, old_res_row, old_res_col = (
+        v_row, v_col, v, res_row, res_col)
+    dt = stat_dtype(g.dtype)
     grad = g.astype(dt)
     sq = jnp.square(grad) + eps1
     if g.ndim >= 2:
@@ -195,8 +174,9 @@ def scale_by_came(
       out = _approx(res_row, res_col) * m
     else:
       out = m
-    return (out.astype(g.dtype), m.astype(mu.dtype), v_row, v_col, v,
-            res_row, res_col)
+    stats = like((v_row, v_col, v, res_row, res_col),
+                 (old_v_row, old_v_col, old_v, old_res_row, old_res_col))
+    return (out.astype(g.dtype), like(m.astype(mu.dtype), mu), *stats)
 
   def update_fn(updates, state, params=None):
     del params

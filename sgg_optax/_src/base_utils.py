@@ -1,0 +1,47 @@
+"""Helpers shared by the base optimizers (CAME, APOLLO, Adam-mini)."""
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+
+def one_minus_pow(b: Any, t: jax.Array) -> jax.Array:
+  r"""Adam's bias correction :math:`1 - b^t` in float32, without the
+  cancellation of ``1 - b ** t``.
+
+  With ``b = 0.999`` in float32, ``1 - b ** 2`` is off by about 3e-5 of its
+  value; the reference packages compute it in float64. This takes
+  :math:`-\operatorname{expm1}(t \log b)` with the logarithm of a Python
+  ``b`` taken in float64 (a traced ``b``, e.g. under
+  :func:`optax.inject_hyperparams`, is already rounded to its dtype).
+  """
+  tf = t.astype(jnp.float32)
+  if isinstance(b, (int, float)):
+    if b == 0:
+      return jnp.ones_like(tf)
+    return -jnp.expm1(tf * math.log(b))
+  return -jnp.expm1(tf * jnp.log(b))
+
+
+def stat_dtype(dtype: Any) -> Any:
+  """The dtype statistics are computed and kept in (float32 at least)."""
+  return jnp.promote_types(dtype, jnp.float32)
+
+
+def like(new: Any, old: Any) -> Any:
+  """``new`` with the sharding of ``old``, the state it replaces.
+
+  Under explicit mesh axes shardings are types: a statistic computed from a
+  sharded gradient (a reduction, a projection) comes out sharded like the
+  gradient's kept axes, which need not be how the state was placed (e.g.
+  replicated by :func:`~sgg_optax.state_shardings`). Resharding it to the
+  incoming state's sharding keeps the state's types stable from step to
+  step. Under auto axes (or without a mesh) XLA places it.
+  """
+  if not jax.sharding.get_abstract_mesh().explicit_axes:
+    return new
+  return jax.tree.map(
+      lambda n, o: jax.sharding.reshard(n, jax.typeof(o).sharding.spec),
+      new, old)
