@@ -10,6 +10,7 @@ float32 rounding: ``RTOL`` relative, plus ``RTOL / 10`` of the array's
 largest magnitude for entries near zero.
 """
 
+import functools
 import json
 import pathlib
 
@@ -397,3 +398,103 @@ def test_apollo_projects_only_matrices():
   state = sgg_optax.scale_by_apollo(rank=1, projected={'w': False}).init(
       {'w': jnp.ones((4, 3))})
   assert state.mu['w'].shape == (4, 3)  # left out: Adam
+
+
+# ------------------------------------------------------------------------------
+# Dtypes, abstract init, recompiles
+# ------------------------------------------------------------------------------
+
+_MIXED = {'w16': jnp.ones((6, 4), jnp.bfloat16), 'w32': jnp.ones((4, 6)),
+          'b16': jnp.ones(4, jnp.bfloat16)}
+_BASES = {
+    'came': lambda: sgg_optax.came(1e-2, weight_decay=0.1),
+    'apollo': lambda: sgg_optax.apollo(1e-2, rank=2, update_proj_gap=2),
+    'adam_mini': lambda: sgg_optax.adam_mini(
+        1e-2, block_fn=lambda name, p: 'mlp' if p.ndim == 2 else 'whole'),
+}
+
+
+@pytest.mark.parametrize('name', list(_BASES))
+def test_dtypes_abstract_init_and_no_recompiles(name):
+  tx = _BASES[name]()
+  abstract = jax.eval_shape(tx.init, jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), _MIXED))
+  state = tx.init(_MIXED)
+  assert (jax.tree.map(lambda x: (x.shape, x.dtype), abstract)
+          == jax.tree.map(lambda x: (x.shape, x.dtype), state))
+  step = jax.jit(tx.update)
+  grads = jax.tree.map(lambda x: x * 0.5, _MIXED)
+  for i in range(3):  # 2 refreshes of APOLLO's projection on the way
+    updates, new = step(jax.tree.map(lambda g, i=i: g * (i + 1), grads),
+                        state, _MIXED)
+    # bf16 stays bf16; the state keeps its shapes and dtypes.
+    assert (jax.tree.map(lambda x: x.dtype, updates)
+            == jax.tree.map(lambda x: x.dtype, _MIXED))
+    assert (jax.tree.map(lambda x: (x.shape, x.dtype), new)
+            == jax.tree.map(lambda x: (x.shape, x.dtype), state))
+    assert all(bool(jnp.all(jnp.isfinite(u.astype(jnp.float32))))
+               for u in jax.tree.leaves(updates))
+    state = new
+  assert step._cache_size() == 1  # noqa: SLF001
+
+
+# ------------------------------------------------------------------------------
+# SGG on CAME and APOLLO
+# ------------------------------------------------------------------------------
+
+_SGG_PARAMS = {'w': jnp.linspace(-1.0, 1.0, 96).reshape(12, 8),
+               'b': jnp.linspace(0.0, 1.0, 8)}
+
+
+def _grads(i):
+  return jax.tree.map(lambda p: jnp.cos(p * (i + 3.0)) + 0.1 * i, _SGG_PARAMS)
+
+
+@pytest.mark.parametrize('name', ['came', 'apollo'])
+def test_sgg_alias_is_its_base_until_the_first_refresh(name):
+  # Before the first refresh every SGG factor is 1: the alias is its base,
+  # weight decay included (SGG sits before it and the learning rate).
+  kw = dict(weight_decay=0.1) | (
+      dict(rank=2, update_proj_gap=2) if name == 'apollo' else {})
+  base = getattr(sgg_optax, name)(1e-2, **kw)
+  alias = getattr(sgg_optax, f'{name}_sgg')(1e-2, recluster_interval=10,
+                                            **kw)
+  s_base, s_alias = base.init(_SGG_PARAMS), alias.init(_SGG_PARAMS)
+
+  @jax.jit
+  def both(g, s_base, s_alias):
+    u_base, s_base = base.update(g, s_base, _SGG_PARAMS)
+    u_alias, s_alias = alias.update(g, s_alias, _SGG_PARAMS,
+                                    sgg_refresh=False)
+    return u_base, s_base, u_alias, s_alias
+
+  for i in range(3):
+    u_base, s_base, u_alias, s_alias = both(_grads(i), s_base, s_alias)
+    jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-6),
+                 u_alias, u_base)
+
+
+def test_came_sgg_clusters_the_first_moment_with_a_refresh_program():
+  tx = sgg_optax.came_sgg(1e-2, recluster_interval=1, num_clusters=2)
+  state = tx.init(_SGG_PARAMS)
+  _, state = jax.jit(functools.partial(tx.update, sgg_refresh=False))(
+      _grads(0), state, _SGG_PARAMS)
+  state = jax.jit(tx.refresh)(state)
+  summary = sgg_optax.cluster_summary(state)
+  assert summary.names == ('w',)  # the matrix; the vector is not grouped
+  assert summary.refreshes.tolist() == [1]
+  # The ids split CAME's first moment, the paper's statistic: every id-0
+  # element of the momentum lies below every id-1 element.
+  mu = np.asarray(state[0].inner_state.mu['w'])
+  ids = np.asarray(sgg_optax.find_sgg_states(state)[0].ids['w'])
+  assert mu[ids == 0].max() < mu[ids == 1].min()
+
+
+@pytest.mark.parametrize('make', [
+    lambda: sgg_optax.came_sgg(1e-2, cluster_momentum=False),
+    lambda: sgg_optax.apollo_sgg(1e-2, rank=2),
+], ids=['came_sgg update form', 'apollo_sgg'])
+def test_update_form_refresh_needs_the_step(make):
+  tx = make()
+  with pytest.raises(ValueError, match='sgg_refresh=True'):
+    tx.refresh(tx.init(_SGG_PARAMS))

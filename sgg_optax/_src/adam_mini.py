@@ -193,7 +193,7 @@ def scale_by_adam_mini(
 
   Returns:
     An :class:`optax.GradientTransformation` whose state is a
-    :class:`ScaleByAdamMiniState`.
+    :class:`~sgg_optax.bases.ScaleByAdamMiniState`.
 
   Example:
     >>> import jax.numpy as jnp, sgg_optax
@@ -213,10 +213,10 @@ def scale_by_adam_mini(
   for value in betas:
     if isinstance(value, (int, float)) and not 0.0 <= value < 1.0:
       raise ValueError(f'`betas` must lie in [0, 1), got {betas!r}.')
-  for name, value in (('num_heads', num_heads),
+  for name, heads in (('num_heads', num_heads),
                       ('num_kv_heads', num_kv_heads)):
-    if value is not None and (not isinstance(value, int) or value < 1):
-      raise ValueError(f'`{name}` must be a positive int, got {value!r}.')
+    if heads is not None and (not isinstance(heads, int) or heads < 1):
+      raise ValueError(f'`{name}` must be a positive int, got {heads!r}.')
   b1, b2 = betas
 
   def init_fn(params):

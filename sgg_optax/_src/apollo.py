@@ -51,8 +51,8 @@ def _flags(spec: MaskOrFn, tree: Any) -> list[bool]:
   if spec is None:
     return [x.ndim == 2 for x in leaves]
   flags = spec(tree) if callable(spec) else spec
-  flags = jax.tree.structure(tree).flatten_up_to(
-      jax.tree.broadcast(flags, tree))
+  treedef: Any = jax.tree.structure(tree)
+  flags = treedef.flatten_up_to(jax.tree.broadcast(flags, tree))
   for x, f in zip(leaves, flags):
     if f and x.ndim != 2:
       raise ValueError(
@@ -311,7 +311,7 @@ def scale_by_apollo(
 
   Returns:
     An :class:`optax.GradientTransformation` whose state is a
-    :class:`ScaleByApolloState`.
+    :class:`~sgg_optax.bases.ScaleByApolloState`.
 
   Example:
     >>> import jax.numpy as jnp, sgg_optax

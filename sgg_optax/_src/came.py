@@ -107,7 +107,7 @@ def scale_by_came(
 
   Returns:
     An :class:`optax.GradientTransformation` whose state is a
-    :class:`ScaleByCameState`.
+    :class:`~sgg_optax.bases.ScaleByCameState`.
 
   Example:
     >>> import jax.numpy as jnp, sgg_optax
