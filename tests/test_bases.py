@@ -450,7 +450,8 @@ def _grads(i):
   return jax.tree.map(lambda p: jnp.cos(p * (i + 3.0)) + 0.1 * i, _SGG_PARAMS)
 
 
-@pytest.mark.parametrize('name', ['came', 'apollo'])
+@pytest.mark.parametrize('name', [
+    'came', pytest.param('apollo', marks=pytest.mark.slow)])
 def test_sgg_alias_is_its_base_until_the_first_refresh(name):
   # Before the first refresh every SGG factor is 1: the alias is its base,
   # weight decay included (SGG sits before it and the learning rate).
@@ -475,7 +476,8 @@ def test_sgg_alias_is_its_base_until_the_first_refresh(name):
 
 
 def test_came_sgg_clusters_the_first_moment_with_a_refresh_program():
-  tx = sgg_optax.came_sgg(1e-2, recluster_interval=1, num_clusters=2)
+  tx = sgg_optax.came_sgg(1e-2, recluster_interval=1, num_clusters=2,
+                          kmeans_iters=3)
   state = tx.init(_SGG_PARAMS)
   _, state = jax.jit(functools.partial(tx.update, sgg_refresh=False))(
       _grads(0), state, _SGG_PARAMS)
