@@ -13,18 +13,9 @@ from sgg_optax._src.adam_mini import (
     adam_mini,
     scale_by_adam_mini,
 )
-from sgg_optax._src.apollo import (
-    ScaleByApolloState,
-    apollo,
-    apollo_sgg,
-    scale_by_apollo,
-)
-from sgg_optax._src.came import (
-    ScaleByCameState,
-    came,
-    came_sgg,
-    scale_by_came,
-)
+from sgg_optax._src.apollo import ScaleByApolloState, apollo, scale_by_apollo
+from sgg_optax._src.bases_sgg import apollo_sgg, came_sgg
+from sgg_optax._src.came import ScaleByCameState, came, scale_by_came
 
 __all__ = (
     'ScaleByAdamMiniState',

@@ -144,7 +144,7 @@ def _apollo(config: str, projector=None) -> optax.GradientTransformation:
       kw.pop('proj'), kw.pop('scale_type'), (0.9, 0.999), 1e-6, True,
       kw.pop('scale_front', False), False, None, 0, projector)
   assert not kw
-  return optax.chain(base, *apollo_src._tail(lr, wd, None))  # noqa: SLF001
+  return optax.chain(base, *apollo_src.alias_tail(lr, wd, None))
 
 
 def _torch_projections(config: str, flip: int | None = None

@@ -1,4 +1,4 @@
-"""APOLLO (Zhu et al., MLSys 2025) as an optax transformation, and with SGG."""
+"""APOLLO (Zhu et al., MLSys 2025) as an optax transformation."""
 
 import math
 from collections.abc import Callable
@@ -8,9 +8,13 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from sgg_optax._src import aliases
-from sgg_optax._src.base_utils import like, one_minus_pow, stat_dtype
-from sgg_optax._src.transform import MaskOrFn, SGGTransformation
+from sgg_optax._src.base_utils import (
+    decay_updated,
+    like,
+    one_minus_pow,
+    stat_dtype,
+)
+from sgg_optax._src.transform import MaskOrFn
 
 PROJS = ('random', 'svd')
 SCALE_TYPES = ('channel', 'tensor')
@@ -330,42 +334,15 @@ def scale_by_apollo(
                           projected, seed, None)
 
 
-class _DecayState(NamedTuple):
-  """State of :func:`_decay_updated`: the learning-rate schedule's count."""
-  count: jax.Array  # type: ignore[assignment]
-
-
-def _decay_updated(learning_rate: optax.ScalarOrSchedule,
-                   weight_decay: float | jax.Array
-                   ) -> optax.GradientTransformation:
-  r"""Decay the *updated* parameter: :math:`d \mapsto d - \eta\lambda
-  (\theta + d)`, the package's order (it decays after stepping)."""
-
-  def init_fn(params):
-    del params
-    return _DecayState(jnp.zeros([], jnp.int32))
-
-  def update_fn(updates, state, params=None):
-    if params is None:
-      raise ValueError(optax.NO_PARAMS_MSG)
-    lr = (learning_rate(state.count) if callable(learning_rate)
-          else learning_rate)
-    out = jax.tree.map(
-        lambda d, p: (d - lr * weight_decay * (p + d)).astype(d.dtype),
-        updates, params)
-    return out, _DecayState(optax.safe_increment(state.count))
-
-  return optax.GradientTransformation(init_fn, update_fn)
-
-
-def _tail(learning_rate, weight_decay, mask):
-  decay = _decay_updated(learning_rate, weight_decay)
+def alias_tail(learning_rate, weight_decay, mask):
+  """The learning rate, then the weight decay of the updated parameter."""
+  decay = decay_updated(learning_rate, weight_decay)
   if mask is not None:
     decay = optax.masked(decay, mask)
   return optax.scale_by_learning_rate(learning_rate), decay
 
 
-_ALIAS_DOC = r"""
+ALIAS_DOC = r"""
     learning_rate: a scalar or schedule.
     rank: see :func:`scale_by_apollo`.
     update_proj_gap: see :func:`scale_by_apollo`.
@@ -432,83 +409,7 @@ def apollo(
   base = _scale_by_apollo(rank, update_proj_gap, scale, proj, scale_type,
                           betas, eps, correct_bias, scale_front, disable_nl,
                           projected, seed, None)
-  return optax.chain(base, *_tail(learning_rate, weight_decay, mask))
+  return optax.chain(base, *alias_tail(learning_rate, weight_decay, mask))
 
 
-def apollo_sgg(
-    learning_rate: optax.ScalarOrSchedule,
-    rank: int = 256,
-    update_proj_gap: int = 200,
-    scale: float = 1.0,
-    proj: str = 'random',
-    scale_type: str = 'channel',
-    betas: tuple[float, float] = (0.9, 0.999),
-    eps: float = 1e-6,
-    weight_decay: float = 0.0,
-    mask: MaskOrFn = None,
-    *,
-    correct_bias: bool = True,
-    scale_front: bool = False,
-    disable_nl: bool = False,
-    projected: MaskOrFn = None,
-    seed: int = 0,
-    num_clusters: int = 3,
-    recluster_interval: int = 500,
-    beta3: float = 0.99,
-    sgg_mask: MaskOrFn = None,
-    stacked_layers: MaskOrFn = None,
-    cluster_stat: str | None = None,
-    global_stat: str = 'layer_mean',
-    scale_rule: str = 'mda',
-    clamp: tuple[float, float] = (0.1, 10.0),
-    clamp_order: str | None = None,
-    sgg_eps: float = 1e-8,
-    kmeans_iters: int = 10,
-    sample_size: int = 4096,
-    assignment: str = 'frozen',
-    cluster_decay: float = 0.95,
-    reference_init: str = 'ones',
-) -> SGGTransformation:
-  r"""APOLLO with SGG scaling its finished update (the chain form).
-
-  :func:`apollo` with SGG between :func:`scale_by_apollo` and the learning
-  rate. APOLLO's moments live in the projected space, ``(m, r)`` or
-  ``(r, n)``, not parameter-shaped, so there is no momentum of the
-  parameter's shape to cluster: SGG clusters APOLLO's update (channel-scaled
-  gradient, after the limiter), as :func:`~sgg_optax.sgg` does in a chain,
-  and scales it by cluster. The weight decay is not scaled.
-
-  Args:{args}{sgg_args}
-
-  Returns:
-    The optimizer, an :class:`~sgg_optax.SGGTransformation` (SGG clusters
-    the update, which no state holds, so ``refresh`` refuses: refresh in the
-    step, ``sgg_refresh=True``).
-
-  Example:
-    >>> import jax.numpy as jnp, sgg_optax
-    >>> opt = sgg_optax.apollo_sgg(1e-2, rank=2, num_clusters=2)
-    >>> state = opt.init({'w': jnp.zeros((8, 8))})
-    >>> print(sgg_optax.cluster_summary(state).scales)
-    [[1. 1.]]
-
-  References:
-    Li et al., `Taming LLMs by Scaling Learning Rates with Gradient Grouping
-    <https://arxiv.org/abs/2506.01049>`_, ACL 2025.
-
-    Zhu et al., `APOLLO: SGD-like Memory, AdamW-level Performance
-    <https://arxiv.org/abs/2412.05270>`_, MLSys 2025.
-  """
-  sgg = aliases._sgg_args(locals())  # noqa: SLF001
-  base = _scale_by_apollo(rank, update_proj_gap, scale, proj, scale_type,
-                          betas, eps, correct_bias, scale_front, disable_nl,
-                          projected, seed, None)
-  return aliases._chain(  # noqa: SLF001
-      aliases._with_sgg(base, None, **sgg),  # noqa: SLF001
-      *_tail(learning_rate, weight_decay, mask))
-
-
-apollo.__doc__ = (apollo.__doc__ or '').replace('{args}', _ALIAS_DOC)
-apollo_sgg.__doc__ = (apollo_sgg.__doc__ or '').replace(
-    '{args}', _ALIAS_DOC).replace(
-        '{sgg_args}', aliases._SGG_ARGS_DOC)  # noqa: SLF001
+apollo.__doc__ = (apollo.__doc__ or '').replace('{args}', ALIAS_DOC)

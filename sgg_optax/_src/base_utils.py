@@ -1,10 +1,11 @@
 """Helpers shared by the base optimizers (CAME, APOLLO, Adam-mini)."""
 
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import optax
 
 
 def one_minus_pow(b: Any, t: jax.Array) -> jax.Array:
@@ -46,3 +47,31 @@ def like(new: Any, old: Any) -> Any:
   return jax.tree.map(
       lambda n, o: jax.sharding.reshard(n, jax.typeof(o).sharding.spec),
       new, old)
+
+
+class DecayState(NamedTuple):
+  """State of :func:`decay_updated`: the learning-rate schedule's count."""
+  count: jax.Array  # type: ignore[assignment]
+
+
+def decay_updated(learning_rate: optax.ScalarOrSchedule,
+                   weight_decay: float | jax.Array
+                   ) -> optax.GradientTransformation:
+  r"""Decay the *updated* parameter: :math:`d \mapsto d - \eta\lambda
+  (\theta + d)`, the package's order (it decays after stepping)."""
+
+  def init_fn(params):
+    del params
+    return DecayState(jnp.zeros([], jnp.int32))
+
+  def update_fn(updates, state, params=None):
+    if params is None:
+      raise ValueError(optax.NO_PARAMS_MSG)
+    lr = (learning_rate(state.count) if callable(learning_rate)
+          else learning_rate)
+    out = jax.tree.map(
+        lambda d, p: (d - lr * weight_decay * (p + d)).astype(d.dtype),
+        updates, params)
+    return out, DecayState(optax.safe_increment(state.count))
+
+  return optax.GradientTransformation(init_fn, update_fn)
