@@ -220,6 +220,7 @@ def _pairs(compile_rows: list[dict]) -> list[tuple[str, str, str, float]]:
 
 def main(argv: list[str] | None = None) -> None:
   parser = argparse.ArgumentParser(
+      prog='python -m experiments.bench_overhead',
       description=__doc__.split('\n\n')[0],
       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
   parser.add_argument('--layers', type=cli.positive_int, nargs='+',

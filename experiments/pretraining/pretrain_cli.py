@@ -120,6 +120,7 @@ def stored_compare(argv: Sequence[str] = ()) -> tuple[str, dict[str, Any]]:
 
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
+    prog='python -m experiments.pretrain',
     description=__doc__,
     epilog='Model, data and optimizer flags set the shared configuration; '
            'the defaults are the ~10-15 minute CPU main job.',

@@ -175,6 +175,7 @@ def pasted(readme: str) -> str:
 
 def main(argv: Sequence[str] | None = None) -> None:
   parser = argparse.ArgumentParser(
+      prog='python -m experiments.claims',
       description=__doc__.split('\n\n')[0],
       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
   parser.add_argument('--results', type=pathlib.Path, default=RESULTS,
