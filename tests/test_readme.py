@@ -71,3 +71,16 @@ def test_quick_start_runs_and_prints_what_the_readme_shows(capsys):
   # The factors the README shows, to their printed precision (another CPU
   # may round the last digit differently).
   np.testing.assert_allclose(printed, want, atol=0.021)
+
+
+def test_the_docs_front_page_shows_the_same_quick_start():
+  """docs/index.rst repeats the quick start: the same code and output."""
+  text = (ROOT / 'docs' / 'index.rst').read_text()
+  section = text.split('Quick start\n-----------', 1)[1]
+  blocks = re.findall(r'\.\. code-block:: (\w+)\n\n((?:(?:   [^\n]*)?\n)+)',
+                      section)
+  (_, code), (_, shown) = blocks[:2]
+  unindent = lambda b: '\n'.join(x[3:] for x in b.splitlines()).strip()
+  readme_code, readme_shown = _quick_start()
+  assert unindent(code) == readme_code.strip()
+  assert unindent(shown) == readme_shown.strip()
