@@ -162,9 +162,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                        *(sys.argv[1:] if argv is None else argv)])
   if jax.process_index() == 0:
     ppl, dev = result['test_ppl'], result['dev_loss']
+    diag = result['curves']['sgg']
+    sgg = (f', SGG max |S-1| {diag[-1]["max_abs_dev"]:.3f} at the end'
+           if diag else '')
     print(f'{cfg.optimizer} lr={cfg.lr:g}: dev loss '
           f'{"-" if dev is None else f"{dev:.4f}"}, '
-          f'test ppl {"diverged" if ppl is None else f"{ppl:.2f}"} '
+          f'test ppl {"diverged" if ppl is None else f"{ppl:.2f}"}{sgg} '
           f'({result["tokens_per_s"]:,.0f} tok/s, '
           f'{result["wall_time_s"]:.0f} s) -> {out}')
   return result

@@ -28,8 +28,9 @@ def trained(monkeypatch, tmp_path):
   def fake_train(cfg, out, **kwargs):
     del kwargs
     seen.update(cfg=cfg, out=out)
+    sgg = [{'max_abs_dev': 0.25}] if '_sgg' in cfg.optimizer else []
     return {'test_ppl': 1.0, 'dev_loss': 0.0, 'tokens_per_s': 1.0,
-            'wall_time_s': 0.0, 'curves': {'sgg': []}}
+            'wall_time_s': 0.0, 'curves': {'sgg': sgg}}
 
   monkeypatch.setattr(train_cli, 'train', fake_train)
   monkeypatch.chdir(tmp_path)
@@ -59,7 +60,9 @@ def test_a_deprecated_optimizer_name_warns_and_keeps_its_meaning(trained,
 
 def test_sgg_refreshes_within_the_default_run(trained, capsys):
   cfg, out = trained('--optimizer', 'adam_sgg_momentum')
-  assert not _warnings(capsys.readouterr().err)
+  printed = capsys.readouterr()
+  assert not _warnings(printed.err)
+  assert 'SGG max |S-1| 0.250 at the end' in printed.out
   assert cfg.recluster_interval == round(0.05 * cfg.steps) < cfg.steps
   assert cfg.beta3 == 0.9
   # The results file is named after the run, not shared by every run.
