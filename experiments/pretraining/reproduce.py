@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import pathlib
 import sys
 from collections.abc import Sequence
@@ -43,6 +44,10 @@ from typing import Any
 from experiments.common import cli, records
 from experiments.pretraining import loop
 from experiments.pretraining.config import TrainConfig
+
+# The final dev and test loss a re-run on another machine must come within,
+# in nats (the module docstring says where it comes from).
+FINAL_TOL = 0.03
 
 # The run JSON fields that are measurements of the run (times are not).
 METRICS = ('curves', 'dev_loss', 'test_loss', 'final_train_loss',
@@ -131,7 +136,7 @@ def _differences(want: Any, got: Any, where: str = '') -> list[str]:
 
 
 def compare(recorded: dict, new: dict, same_machine: bool, early_steps: int,
-            early_rtol: float, final_rtol: float) -> dict[str, Any]:
+            early_rtol: float, final_tol: float) -> dict[str, Any]:
   """How a re-run compares with its recorded JSON."""
   fresh = json.loads(json.dumps({k: new.get(k) for k in METRICS},
                                 default=records.json_default))
@@ -142,8 +147,8 @@ def compare(recorded: dict, new: dict, same_machine: bool, early_steps: int,
       abs(a - b) <= early_rtol * abs(a) for a, b in zip(want, got)))
   finals = {k: [recorded.get(k), fresh.get(k)]
             for k in ('dev_loss', 'test_loss')}
-  close = all(a is not None and b is not None
-              and abs(a - b) <= final_rtol * abs(a) for a, b in finals.values())
+  close = all(a is not None and b is not None and abs(a - b) <= final_tol
+              for a, b in finals.values())
   if same_machine:
     verdict = 'bitwise' if not diffs else 'differs'
   else:
@@ -151,11 +156,11 @@ def compare(recorded: dict, new: dict, same_machine: bool, early_steps: int,
   return {'verdict': verdict, 'reproduces': verdict != 'differs',
           'same_machine': same_machine, 'differences': diffs[:20],
           'n_differences': len(diffs), 'early_losses': [want, got],
-          'final': finals}
+          'early_close': early, 'final_close': close, 'final': finals}
 
 
 def reproduce(folder: pathlib.Path, n: int, early_steps: int,
-              early_rtol: float, final_rtol: float, progress: bool
+              early_rtol: float, final_tol: float, progress: bool
               ) -> dict[str, Any]:
   """Re-runs ``n`` runs of ``folder``; returns the report."""
   runs = run_jsons(folder)
@@ -169,7 +174,7 @@ def reproduce(folder: pathlib.Path, n: int, early_steps: int,
     new = loop.train(cfg, progress=progress, desc=path.stem, argv=[])
     there = recorded_machine(run)
     row = compare(run, new, there == here, early_steps, early_rtol,
-                  final_rtol)
+                  final_tol)
     row.update(run=str(path), optimizer=cfg.optimizer,
                recorded_commit=run['provenance'].get('git_commit'),
                recorded_machine=there)
@@ -178,8 +183,17 @@ def reproduce(folder: pathlib.Path, n: int, early_steps: int,
   return {'folder': str(folder), 'machine': here,
           'commit': commit, 'dirty': dirty,
           'early_steps': early_steps, 'early_rtol': early_rtol,
-          'final_rtol': final_rtol,
+          'final_tol': final_tol,
           'runs': rows, 'reproduces': all(r['reproduces'] for r in rows)}
+
+
+def tolerances(report: dict[str, Any]) -> str:
+  """What a re-run on another machine is checked against, in words."""
+  tol = report['final_tol']
+  return (f'its first {report["early_steps"]} logged train losses within a '
+          f'relative {report["early_rtol"]:g} of the recorded ones, and its '
+          f'final dev and test loss within ±{tol:g} nats (±'
+          f'{math.expm1(tol):.1%} in perplexity)')
 
 
 def summary(report: dict[str, Any]) -> str:
@@ -189,18 +203,28 @@ def summary(report: dict[str, Any]) -> str:
            f"{m['cpu']['model']} ({m['cpu_affinity']} usable cores, jax "
            f"{m['jax']})"]
   for r in report['runs']:
-    how = {'bitwise': 'reproduces bitwise (same CPU, cores and jax)',
-           'close': (f'reproduces within tolerance: its first '
-                     f'{report["early_steps"]} train losses within '
-                     f'{report["early_rtol"]:g}, dev and test loss within '
-                     f'{report["final_rtol"]:g} (recorded on another CPU, '
-                     'core count or jax, where bitwise is not expected)'),
-           'differs': 'DOES NOT REPRODUCE'}[r['verdict']]
+    if r['verdict'] == 'bitwise':
+      how = ('reproduces bitwise: every metric of the run JSON, on the CPU, '
+             'core count and jax it was recorded on')
+    elif r['same_machine']:
+      how = ('DOES NOT REPRODUCE: recorded on this CPU, core count and '
+             'jax, where every metric must be bitwise, and some differ')
+    else:
+      checked = (f'recorded on another CPU, core count or jax (bitwise is '
+                 f'expected only on the same); checked: {tolerances(report)}')
+      failed = [name for name, ok in (
+          ('the first train losses', r['early_close']),
+          ('the final losses', r['final_close'])) if not ok]
+      how = (f'reproduces within tolerance: {checked}' if not failed else
+             f'DOES NOT REPRODUCE ({" and ".join(failed)} out of '
+             f'tolerance): {checked}')
     lines.append(f"  {pathlib.Path(r['run']).name}: {how}")
-    if r['verdict'] == 'differs':
+    if r['verdict'] == 'differs' and r['same_machine']:
       lines += [f'    {d}' for d in r['differences'][:5]]
     for key, (want, got) in r['final'].items():
-      lines.append(f'    {key}: recorded {want}, now {got}')
+      diff = ('' if want is None or got is None
+              else f' ({got - want:+.4f} nats)')
+      lines.append(f'    {key}: recorded {want}, now {got}{diff}')
   return '\n'.join(lines)
 
 
@@ -218,20 +242,22 @@ def main(argv: Sequence[str] | None = None) -> int:
                       help='logged train losses compared on another CPU')
   parser.add_argument('--early-rtol', type=float, default=1e-4,
                       help='their relative tolerance')
-  parser.add_argument('--final-rtol', type=float, default=0.02,
-                      help='relative tolerance of the final dev and test '
-                      'losses on another CPU')
+  parser.add_argument('--final-tol', type=float, default=FINAL_TOL,
+                      help='the largest difference of the final dev and '
+                      'test loss, in nats, accepted on another CPU, core '
+                      'count or jax (the default: from the spread measured '
+                      'across CPUs, see the module docstring)')
   parser.add_argument('--report', type=pathlib.Path, default=None,
                       help='write the report JSON here')
   parser.add_argument('--no-progress', action='store_true')
   args = parser.parse_args(argv)
   if not args.folder.is_dir():
     parser.error(f'{args.folder} is not a folder')
-  if not (args.early_rtol >= 0 and args.final_rtol >= 0):
-    parser.error('--early-rtol and --final-rtol must be >= 0')
+  if not (args.early_rtol >= 0 and args.final_tol >= 0):
+    parser.error('--early-rtol and --final-tol must be >= 0')
   try:
     report = reproduce(args.folder, args.runs, args.early_steps,
-                       args.early_rtol, args.final_rtol,
+                       args.early_rtol, args.final_tol,
                        not args.no_progress)
   except ValueError as e:
     parser.error(str(e))

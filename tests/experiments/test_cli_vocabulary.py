@@ -9,6 +9,7 @@ line naming the new one. Nothing trains here: `train`'s loop is replaced.
 
 import pytest
 
+from experiments.common import model_config
 from experiments.finetuning import cli as finetune_cli
 from experiments.pretraining import (
   config,
@@ -137,3 +138,12 @@ def test_stored_runs_find_a_run_recorded_under_the_old_name(tmp_path):
   assert found['config']['optimizer'] == 'adam_sgg'
   with pytest.raises(LookupError):
     stored.run(cfg.replace(optimizer='adam_sgg_momentum'))
+
+
+def test_train_help_lists_every_preset():
+  """--preset's choices are every preset, and its help names none of them
+  by hand (a hand-kept list fell behind once)."""
+  (action,) = [a for a in train_cli.build_parser()._actions
+               if '--preset' in a.option_strings]
+  assert tuple(action.choices) == tuple(model_config.PRESETS)
+  assert not [p for p in model_config.PRESETS if f"'{p}'" in action.help]
