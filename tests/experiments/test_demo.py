@@ -1,9 +1,12 @@
 """`python -m experiments.demo` scores both optimizers on held-out data and
 shows SGG's scales after it acted."""
 
+import argparse
 import re
 
+import jax
 import numpy as np
+import optax
 
 from experiments.bench import demo
 
@@ -22,6 +25,21 @@ def test_demo_reports_held_out_loss_and_moved_scales(capsys):
   assert np.abs(scales - 1).max() > 0.01  # T = 1: SGG acted
 
 
-def test_the_held_out_examples_are_not_trained_on():
+def test_the_held_out_examples_are_not_trained_on(monkeypatch):
   (x, _), (x_test, _) = demo._data(0, 64)
   assert not np.isin(np.asarray(x_test), np.asarray(x)).any()
+  scored = []
+  real = demo._loss
+
+  def spy(params, x, y):
+    if not isinstance(x, jax.core.Tracer):  # the evaluation, outside jit
+      scored.append(np.asarray(x))
+    return real(params, x, y)
+
+  monkeypatch.setattr(demo, '_loss', spy)
+  args = argparse.Namespace(seed=0, train_examples=64, batch_size=16,
+                            steps=2)
+  demo.train(optax.adam(1e-3), args, report_every=1)
+  assert len(scored) == 2
+  for seen in scored:
+    np.testing.assert_array_equal(seen, np.asarray(x_test))
