@@ -138,6 +138,9 @@ def test_stored_runs_find_a_run_recorded_under_the_old_name(tmp_path):
   assert found['config']['optimizer'] == 'adam_sgg'
   with pytest.raises(LookupError):
     stored.run(cfg.replace(optimizer='adam_sgg_momentum'))
+  # A command line that still says adam_sgg finds a run of the new name.
+  stored._stored = [{'config': vars(cfg) | {'optimizer': 'adam_sgg_update'}}]
+  assert stored.run(cfg)['config']['optimizer'] == 'adam_sgg_update'
 
 
 def test_train_help_lists_every_preset():
