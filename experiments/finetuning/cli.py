@@ -46,7 +46,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from experiments.common.cli import deprecated_flag
+from experiments.pretraining.deprecation import deprecated_flag
 
 TASKS = ('lm', 'cls')
 METHODS = ('full', 'lora', 'qlora')

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from experiments.common import cli, corpora, model_config
+from experiments.pretraining import deprecation
 
 # SGG's two forms, in sgg_optax's words: the momentum form clusters the base
 # optimizer's first moment (`with_sgg(base)`, `adamw_sgg`'s default, the
@@ -59,8 +60,8 @@ optimizer_name.__name__ = 'optimizer'
 
 def warn_deprecated(prog: str, argv: Sequence[str]) -> None:
   """Prints one warning line per deprecated optimizer name in ``argv``
-  (flags: `cli.deprecated_flag` says so itself)."""
-  cli.warn_deprecated_values(prog, argv, {
+  (flags: `deprecation.deprecated_flag` says so itself)."""
+  deprecation.warn_deprecated_values(prog, argv, {
     old: f'{new} (the same optimizer)' for old, new in DEPRECATED.items()})
 
 

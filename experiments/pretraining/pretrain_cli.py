@@ -73,6 +73,7 @@ from experiments.pretraining.config import (
   optimizer_name,
   warn_deprecated,
 )
+from experiments.pretraining.deprecation import deprecated_flag
 from experiments.pretraining.distributed import init_distributed
 from experiments.pretraining.robustness import robustness, robustness_table
 from experiments.pretraining.runner import Runner, StoredRuns, _recluster
@@ -163,8 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
                            'with --recluster-interval-frac); before step T '
                            'every scale is 1 (default: '
                            '--recluster-interval-frac of each run)')
-  cli.deprecated_flag(parser, '--t-frac', '--recluster-interval-frac',
-                      dest='t_frac', type=cli.unit_interval)
+  deprecated_flag(parser, '--t-frac', '--recluster-interval-frac',
+                  dest='t_frac', type=cli.unit_interval)
   parser.add_argument('--lr-multipliers', default=[1.0, 3.0, 10.0, 30.0],
                       type=cli.comma_list(cli.positive_float),
                       help='robustness: multiples of the tuned Adam LR')
