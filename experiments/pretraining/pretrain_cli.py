@@ -124,7 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     prog='python -m experiments.pretrain',
     description=__doc__,
     epilog='Model, data and optimizer flags set the shared configuration; '
-           'the defaults are the ~10-15 minute CPU main job.',
+           'the defaults are the CPU main job (its run time on several CPUs: '
+           'docs/pretraining.md).',
     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
   parser.add_argument('--experiment', default='compare',
                       choices=('compare', 'robustness', 'ablations', 'scales',

@@ -17,10 +17,22 @@ JSONs:
   drifts, so bitwise equality cannot be expected. There it checks what can
   still be checked: the first ``--early-steps`` logged train losses within
   a relative ``--early-rtol`` (the same data, initialisation and first
-  updates), and the final dev and test losses within a relative
-  ``--final-rtol`` (2% of the loss by default: the same tiny run on two
-  CPUs of this project's machines ends well within it, a changed method
-  need not).
+  updates), and the final dev and test losses within ``--final-tol`` nats
+  of the recorded ones.
+
+The default ``--final-tol`` comes from the spread we measured across CPUs.
+Twelve runs of ``main_job_cpu`` (recorded on a 2-core Intel Xeon with
+avx512_fp16 and AMX), re-run on a 2-core AMD EPYC without AVX-512: Adam's
+runs came out bitwise; Adafactor's and the SGG runs at the tuned learning
+rate 2.5e-3 ended at most 0.015 nats from the recorded final dev and test
+loss; the update form at 1e-2, the largest rate of the grid, 0.069 nats.
+The default, 0.1 nats, is that largest difference with a margin. It is
+±10.5% in perplexity, more than some of the effects the tables judge
+(paired differences of a few percent, `claims_details.md`): one run re-run
+on another CPU can tell a working method from a broken one, not settle an
+effect of that size.
+The tables' verdicts rest on seed-paired runs made on one CPU, and the
+claims table states how far those moved on a second one.
 
 It exits 0 only when every re-run reproduces as well as this machine allows,
 and writes a report (``--report``) that says which runs reproduced, how, and
@@ -47,7 +59,7 @@ from experiments.pretraining.config import TrainConfig
 
 # The final dev and test loss a re-run on another machine must come within,
 # in nats (the module docstring says where it comes from).
-FINAL_TOL = 0.03
+FINAL_TOL = 0.1
 
 # The run JSON fields that are measurements of the run (times are not).
 METRICS = ('curves', 'dev_loss', 'test_loss', 'final_train_loss',

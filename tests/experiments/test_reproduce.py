@@ -3,6 +3,8 @@ within a stated tolerance elsewhere, and a changed metric is caught."""
 
 import copy
 import json
+import math
+import re
 
 import pytest
 
@@ -118,3 +120,19 @@ def test_an_empty_folder_is_refused(tmp_path, capsys):
   with pytest.raises(SystemExit):
     reproduce.main([str(tmp_path)])
   assert 'no pre-training run JSONs' in capsys.readouterr().err
+
+
+def test_the_default_tolerance_is_the_measured_spread_with_a_margin():
+  """The module docstring states the largest cross-CPU difference measured
+  and the default; they agree with FINAL_TOL."""
+  doc = ' '.join(reproduce.__doc__.split())
+  measured = max(float(x) for x in re.findall(r'([\d.]+) nats', doc)
+                 if float(x) < reproduce.FINAL_TOL)
+  assert measured < reproduce.FINAL_TOL < 2 * measured
+  assert f'The default, {reproduce.FINAL_TOL:g} nats' in doc
+  assert f'±{math.expm1(reproduce.FINAL_TOL):.1%} in perplexity' in doc
+  readme = ' '.join(re.sub(r'^> ?', '', (
+      reproduce.pathlib.Path(__file__).parents[2] / 'experiments' / 'results'
+      / 'README.md').read_text(), flags=re.M).split())
+  assert (f'the final losses within {reproduce.FINAL_TOL:g} nats, from the '
+          'spread measured across CPUs') in readme
