@@ -67,13 +67,14 @@ def train(tx, args, report_every):
     updates, state = tx.update(grads, state, params)
     return optax.apply_updates(params, updates), state
 
+  evaluate = jax.jit(_loss)
   rng = np.random.default_rng(args.seed)
   held_out = {}
   for t in range(1, args.steps + 1):
     idx = rng.choice(len(x), args.batch_size, replace=False)
     params, state = step(params, state, idx)
     if t % report_every == 0:
-      held_out[t] = float(_loss(params, x_test, y_test))
+      held_out[t] = float(evaluate(params, x_test, y_test))
   return held_out, state
 
 
