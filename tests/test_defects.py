@@ -68,7 +68,9 @@ def test_reference_rule_ema_is_not_restarted(k, statistic):
 
 def test_reference_rule_clusters_magnitudes_by_default():
   tx = sgg_optax.sgg(2, recluster_interval=1, scale_rule='reference')
-  w = jnp.asarray([[-3.0, -2.9, 0.1, 0.2], [2.9, 3.0, -0.1, -0.2]])
+  # The positive pair lies further out than the negative one, so the signed
+  # partition is unique (with 2.9, 3.0 both signed splits tie).
+  w = jnp.asarray([[-3.0, -2.9, 0.1, 0.2], [3.4, 3.5, -0.1, -0.2]])
   _, state = jax.jit(tx.update)({'w': w}, tx.init({'w': w}))
   # |m|: the two large-magnitude pairs share a cluster whatever their sign
   np.testing.assert_array_equal(state.ids['w'], [[1, 1, 0, 0], [1, 1, 0, 0]])

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import optax
 
 from sgg_optax._src.base_utils import like, one_minus_pow, stat_dtype
-from sgg_optax._src.transform import MaskOrFn
+from sgg_optax._src.config import MaskOrFn
 
 # What a block is, per role, for kernels laid out (inputs, outputs) as in
 # Flax: one value per head (query, key), per output neuron (value, attention

@@ -5,12 +5,9 @@ from typing import Any
 import jax.numpy as jnp
 import optax
 
-from sgg_optax._src.transform import (
-    MaskOrFn,
-    SGGTransformation,
-    _with_refresh,
-    with_sgg,
-)
+from sgg_optax._src.config import MaskOrFn
+from sgg_optax._src.state import SGGTransformation, with_refresh
+from sgg_optax._src.transform import with_sgg
 
 _SGG_ARGS_DOC = """
     num_clusters: SGG's ``K`` (see :func:`~sgg_optax.sgg`).
@@ -54,7 +51,7 @@ def _chain(part: SGGTransformation, *rest: optax.GradientTransformation
            ) -> SGGTransformation:
   """``optax.chain(part, *rest)``, with ``part``'s refresh (which finds its
   state inside the chain's)."""
-  return _with_refresh(optax.chain(part, *rest), part.refresh)
+  return with_refresh(optax.chain(part, *rest), part.refresh)
 
 
 def adamw_sgg(

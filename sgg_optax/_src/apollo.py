@@ -14,7 +14,7 @@ from sgg_optax._src.base_utils import (
     one_minus_pow,
     stat_dtype,
 )
-from sgg_optax._src.transform import MaskOrFn
+from sgg_optax._src.config import MaskOrFn
 
 PROJS = ('random', 'svd')
 SCALE_TYPES = ('channel', 'tensor')

@@ -5,7 +5,8 @@ from typing import Any
 import optax
 
 from sgg_optax._src import aliases, apollo, came
-from sgg_optax._src.transform import MaskOrFn, SGGTransformation
+from sgg_optax._src.config import MaskOrFn
+from sgg_optax._src.state import SGGTransformation
 
 
 def came_sgg(

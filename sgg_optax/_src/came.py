@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import optax
 
 from sgg_optax._src.base_utils import like, stat_dtype
-from sgg_optax._src.transform import MaskOrFn
+from sgg_optax._src.config import MaskOrFn
 
 
 class ScaleByCameState(NamedTuple):
