@@ -1,6 +1,7 @@
 """Regression tests for defects that real models and users hit."""
 
 import inspect
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -164,3 +165,55 @@ def test_alias_hyperparameters_can_be_injected():
   assert set(state.hyperparams) >= {'learning_rate', 'beta3', 'sgg_eps'}
   _, state = jax.jit(tx.update)(params, state, params)
   assert rows(sgg_optax.find_sgg_states(state)[0].scales).shape == (1, 2)
+
+
+@pytest.mark.parametrize('wrap', ['masked', 'partition'])
+def test_base_under_masked_or_partition_groups_what_has_a_momentum(wrap):
+  """The base's momentum is an optax.MaskedNode on the leaves its mask
+  leaves out: those are not grouped (nothing to cluster), the others are."""
+  params = _normal(0, {'w': (8, 6), 'v': (6, 4), 'b': (4,)})
+  if wrap == 'masked':
+    base = optax.masked(optax.scale_by_adam(),
+                        {'w': True, 'v': False, 'b': True})
+  else:
+    base = optax.partition(
+        {'adam': optax.scale_by_adam(), 'sgd': optax.identity()},
+        {'w': 'adam', 'v': 'sgd', 'b': 'adam'})
+  tx = sgg_optax.with_sgg(base, recluster_interval=2, beta3=0.5)
+  state = tx.init(params)
+  step = jax.jit(tx.update)
+  for t in range(4):
+    updates, state = step(_normal(t + 1, {'w': (8, 6), 'v': (6, 4),
+                                          'b': (4,)}), state, params)
+  sgg_state = state.sgg_state
+  assert isinstance(sgg_state.ids['v'], optax.MaskedNode)
+  assert sgg_state.ids['w'].shape == (8, 6)
+  np.testing.assert_array_equal(sgg_state.refreshes, [2])
+  assert not np.allclose(sgg_state.scales, 1.0)
+  assert jax.tree.map(jnp.shape, updates) == jax.tree.map(jnp.shape, params)
+
+
+def test_integer_and_complex_leaves_are_not_grouped():
+  x = np.arange(20, dtype=np.float32).reshape(4, 5)
+  grads = {'w': jnp.asarray(x), 'i': jnp.asarray(x, jnp.int32),
+           'c': jnp.asarray(x + 1j * x, jnp.complex64)}
+  tx = sgg_optax.sgg(recluster_interval=1, beta3=0.0)
+  state = tx.init(grads)
+  assert isinstance(state.ids['i'], optax.MaskedNode)
+  assert isinstance(state.ids['c'], optax.MaskedNode)
+  with warnings.catch_warnings():
+    warnings.simplefilter('error')  # no complex-to-real cast warning
+    out, state = jax.jit(tx.update)(grads, state)
+  np.testing.assert_array_equal(out['i'], grads['i'])
+  np.testing.assert_array_equal(out['c'], grads['c'])
+  assert state.scales.shape == (1, 3)  # only 'w'
+  for dtype in (jnp.int32, jnp.complex64):
+    with pytest.raises(ValueError, match='real floating'):
+      sgg_optax.sgg(mask=True).init({'x': jnp.ones((3, 3), dtype)})
+
+
+def test_recluster_interval_error_echoes_the_argument():
+  with pytest.raises(ValueError, match=r'got 0\.$'):
+    sgg_optax.sgg(recluster_interval=0)
+  with pytest.raises(ValueError, match=r'got 2\.5\.$'):
+    sgg_optax.sgg(recluster_interval=2.5)

@@ -527,3 +527,40 @@ def test_stacked_layers_sharded_on_the_layer_axis(form, k, assignment, spec):
   for a, e in zip(actual, expected):
     jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-5,
                                    atol=1e-7), a, e)
+
+
+@pytest.mark.parametrize('form', ['chain', 'momentum'])
+@pytest.mark.parametrize('mode', [AxisType.Explicit, AxisType.Auto],
+                         ids=['explicit', 'auto'])
+def test_step_without_out_shardings_compiles_once(form, mode):
+  """The state from ``state_shardings`` and the state a step returns share
+  one compiled step. Under explicit axes a step returns replicated arrays
+  spelled ``P(None, None)``, which ``state_shardings`` now spells the same
+  way (it gave ``P()``, and the second call compiled the step again)."""
+  mesh = jax.make_mesh((2, 2), ('data', 'model'), axis_types=(mode,) * 2,
+                       devices=jax.devices()[:4])
+  specs = {'w': P('data', 'model'), 'v': P('model', 'data')}
+  rng = np.random.default_rng(0)
+  params = {k: rng.normal(size=(8, 4)).astype(np.float32) for k in specs}
+  tx = (optax.chain(optax.scale_by_adam(), sgg_optax.sgg(
+      recluster_interval=2)) if form == 'chain' else sgg_optax.with_sgg(
+          optax.scale_by_adam(), recluster_interval=2))
+  with jax.set_mesh(mesh):
+    params = {k: jax.device_put(v, NamedSharding(mesh, specs[k]))
+              for k, v in params.items()}
+    shardings = sgg_optax.state_shardings(tx, params)
+    state = jax.jit(tx.init, out_shardings=shardings)(params)
+    step = jax.jit(tx.update)
+    for _ in range(3):  # plain, refresh, plain
+      _, state = step(params, state, params)
+  assert step._cache_size() == 1
+
+
+def test_state_shardings_of_single_device_parameters_are_replicated():
+  mesh = jax.make_mesh((2, 2), ('data', 'model'), devices=jax.devices()[:4])
+  params = {'w': jnp.ones((8, 4)), 'b': jnp.zeros(4)}  # single-device arrays
+  tx = optax.chain(optax.scale_by_adam(), sgg_optax.sgg())
+  shardings = sgg_optax.state_shardings(tx, params, mesh=mesh)
+  leaves = jax.tree.leaves(shardings)
+  assert leaves and all(s.mesh == mesh and s.is_fully_replicated
+                        for s in leaves)

@@ -18,21 +18,33 @@ from sgg_optax._src.refresh import (
 from sgg_optax._src.state import SGGState
 
 
-def init_state(params: optax.Params, cfg: Config) -> SGGState:
-  """A fresh :class:`SGGState`: ids 0, scales 1 (the identity)."""
+def init_state(params: optax.Params, cfg: Config, stat: Any = None
+               ) -> SGGState:
+  """A fresh :class:`SGGState`: ids 0, scales 1 (the identity).
+
+  With no grouped layer the per-layer statistics are
+  :class:`optax.MaskedNode` placeholders, not arrays of zero rows (which
+  checkpointers refuse to save). Parameters without leaves (the placeholder
+  that :func:`optax.tree_map_params` passes to learn the state's structure)
+  get zero-row arrays: a leaf there fits any state's subtree.
+  """
   treedef: Any
   leaves, treedef = jax.tree.flatten(params)
-  layouts = plan(params, cfg)
+  layouts = plan(params, cfg, stat)
   keep_ids = cfg.assignment == 'frozen'
   ids = treedef.unflatten([
       jnp.zeros_like(p, dtype=jnp.uint8) if lay is not None and keep_ids
       else optax.MaskedNode() for p, lay in zip(leaves, layouts)])
   rows = sum(lay.rows for lay in layouts if lay is not None)
-  stat = lambda value: jnp.full((rows, cfg.num_clusters), value, jnp.float32)
+  none = optax.MaskedNode()
+  arrays = rows or not leaves
+  table = lambda value: (
+      jnp.full((rows, cfg.num_clusters), value, jnp.float32) if arrays
+      else none)
   return SGGState(
-      count=jnp.zeros([], jnp.int32), ids=ids, centres=stat(0.0),
-      scales=stat(1.0), cluster_stats=stat(0.0), fractions=stat(0.0),
-      refreshes=jnp.zeros((rows,), jnp.int32),
+      count=jnp.zeros([], jnp.int32), ids=ids, centres=table(0.0),
+      scales=table(1.0), cluster_stats=table(0.0), fractions=table(0.0),
+      refreshes=jnp.zeros((rows,), jnp.int32) if arrays else none,
       global_stat=jnp.zeros([], jnp.float32))
 
 
@@ -173,7 +185,7 @@ def apply(updates: optax.Updates, stat: optax.Updates, state: SGGState,
   base update) and a refresh step runs the refresh inline.
   """
   count = optax.safe_increment(state.count)
-  layouts = plan(updates, cfg)
+  layouts = plan(updates, cfg, stat)
   if not any(lay is not None for lay in layouts):
     return updates, state._replace(count=count)
   treedef: Any

@@ -7,6 +7,8 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
+import optax
 
 from sgg_optax._src import sampling, scaling
 
@@ -124,24 +126,46 @@ def _leaf_flags(spec: MaskOrFn, tree: Any, default: Callable[[Any], bool]
   return jax.tree.leaves(full)
 
 
+def _real(leaf: Any) -> bool:
+  return jnp.issubdtype(leaf.dtype, jnp.floating)
+
+
 def layer_layouts(tree: Any, *, mask: MaskOrFn = None,
-                  stacked_layers: MaskOrFn = None, sample_size: int = 4096
-                  ) -> list[sampling.LeafLayout | None]:
+                  stacked_layers: MaskOrFn = None, sample_size: int = 4096,
+                  stat: Any = None) -> list[sampling.LeafLayout | None]:
   """The layout of each leaf of ``tree`` (None: not grouped by SGG).
 
   Takes ``mask``, ``stacked_layers`` and ``sample_size`` as :func:`sgg`
-  does; the grouped leaves are numbered in tree order.
+  does; the grouped leaves are numbered in tree order. By default a leaf is
+  grouped when it has at least 2 (per-layer) dimensions and a real floating
+  dtype: integer and complex leaves are never grouped by default, and a
+  mask that groups one is an error. A leaf whose statistic in ``stat`` (a
+  tree like ``tree``) is an :class:`optax.MaskedNode`, as in the momentum of
+  a base optimizer under :func:`optax.masked` or :func:`optax.partition`,
+  has nothing to cluster and is not grouped.
+
+  Raises:
+    ValueError: ``mask`` groups an integer or complex leaf.
   """
   leaves = jax.tree.leaves(tree)
   if not leaves:  # e.g. optax.tree.map_params' placeholder
     return []
   stacked = _leaf_flags(stacked_layers or None, tree, lambda _: False)
   it = iter(stacked)
-  grouped = _leaf_flags(mask, tree, lambda x: x.ndim - next(it) >= 2)
+  grouped = _leaf_flags(
+      mask, tree, lambda x: x.ndim - next(it) >= 2 and _real(x))
+  treedef: Any = jax.tree.structure(tree)
+  present = ([True] * len(leaves) if stat is None else [
+      not isinstance(s, optax.MaskedNode)
+      for s in treedef.flatten_up_to(stat)])
   layouts: list[sampling.LeafLayout | None] = []
   index = offset = 0
-  for leaf, group, stack in zip(leaves, grouped, stacked):
-    if not group or leaf.size == 0:
+  for leaf, group, stack, has in zip(leaves, grouped, stacked, present):
+    if group and not _real(leaf):
+      raise ValueError(
+          f'SGG groups only real floating-point leaves; `mask` groups one of '
+          f'dtype {leaf.dtype} and shape {leaf.shape}.')
+    if not group or not has or leaf.size == 0:
       layouts.append(None)
       continue
     if stack and leaf.ndim < 1:
@@ -153,9 +177,10 @@ def layer_layouts(tree: Any, *, mask: MaskOrFn = None,
   return layouts
 
 
-def plan(tree: Any, cfg: Config) -> list[sampling.LeafLayout | None]:
+def plan(tree: Any, cfg: Config, stat: Any = None
+         ) -> list[sampling.LeafLayout | None]:
   return layer_layouts(tree, mask=cfg.mask, stacked_layers=cfg.stacked_layers,
-                       sample_size=cfg.sample_size)
+                       sample_size=cfg.sample_size, stat=stat)
 
 
 COMMON_ARGS_DOC = r"""

@@ -171,7 +171,10 @@ def cluster_summary(opt_state: Any, names: Sequence[str] | None = None
                      f'{len(states)}; pass that state itself.')
   state = jax.tree.map(_unwrap, states[0],
                        is_leaf=lambda x: hasattr(x, 'get_value'))
-  host = lambda x: np.asarray(jax.device_get(x))
+  def host(x, empty=(0, 0)):  # no grouped layer: placeholders
+    if isinstance(x, optax.MaskedNode):
+      return np.zeros(empty, np.float32)
+    return np.asarray(jax.device_get(x))
   scales = host(state.scales)
   num_groups = scales.shape[0]
   if names is None:
@@ -193,4 +196,4 @@ def cluster_summary(opt_state: Any, names: Sequence[str] | None = None
       tuple(names), int(host(state.count)), scales, host(state.fractions),
       host(state.centres), host(state.cluster_stats),
       float(host(state.global_stat)),
-      host(state.refreshes).astype(np.int64))
+      host(state.refreshes, (0,)).astype(np.int64))

@@ -44,6 +44,8 @@ def _as_spec(spec: Any) -> PartitionSpec:
     return spec.spec
   if isinstance(spec, PartitionSpec):
     return spec
+  if isinstance(spec, jax.sharding.Sharding) and spec.is_fully_replicated:
+    return PartitionSpec()  # e.g. a single-device array's
   raise TypeError(
       'Parameter specs must be jax.sharding.PartitionSpec, NamedSharding or '
       f'None (replicated), got {spec!r}.')
@@ -79,7 +81,8 @@ def state_partition_specs(
       shapes and dtypes are read: ``tx.init`` runs under
       :func:`jax.eval_shape`). Flax NNX ``nnx.State`` trees work.
     params_specs: a tree like ``params`` whose leaves are the parameters'
-      ``PartitionSpec`` (or ``NamedSharding``, or None for replicated), e.g.
+      ``PartitionSpec`` (or ``NamedSharding``, or None or any fully
+      replicated sharding, such as a single-device array's), e.g.
       from ``nnx.get_partition_spec`` or Linen's ``nn.get_partition_spec``.
 
   Returns:
@@ -214,11 +217,20 @@ def state_shardings(
         'No mesh: pass `mesh`, NamedSharding parameter shardings, or call '
         'under `jax.set_mesh(mesh)`.')
   specs = state_partition_specs(tx, params, params_shardings)
-  flags = _sgg_ids_flags(jax.eval_shape(_init_fn(tx), params))
-  return jax.tree.map(
-      lambda spec, is_id: NamedSharding(
-          mesh, spec, memory_kind=ids_memory_kind if is_id else None),
-      specs, flags)
+  abstract = jax.eval_shape(_init_fn(tx), params)
+  flags = _sgg_ids_flags(abstract)
+  explicit = bool(mesh.abstract_mesh.explicit_axes)
+
+  def sharding(spec, is_id, leaf):
+    if explicit and all(entry is None for entry in spec):
+      # Replicated, spelled as a step under explicit axes returns it (one
+      # None per axis): a jitted step's cache tells the spellings apart, so
+      # with P() it compiled again for the state it returned.
+      spec = PartitionSpec(*[None] * leaf.ndim)
+    return NamedSharding(mesh, spec,
+                         memory_kind=ids_memory_kind if is_id else None)
+
+  return jax.tree.map(sharding, specs, flags, abstract)
 
 
 def ids_to_device(state: optax.OptState) -> optax.OptState:

@@ -283,7 +283,9 @@ def with_sgg(
   inner = optax.with_extra_args_support(inner)
 
   def init_fn(params):
-    return SGGWrapperState(inner.init(params), init_state(params, cfg))
+    inner_state = inner.init(params)
+    stat = None if moment is None else _state_field(inner_state, moment)
+    return SGGWrapperState(inner_state, init_state(params, cfg, stat))
 
   def update_fn(updates, state, params=None, **extra_args):
     updates, inner_state = inner.update(updates, state.inner_state, params,

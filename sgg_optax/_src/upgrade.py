@@ -2,6 +2,7 @@
 
 from typing import Any
 
+import jax
 import numpy as np
 
 from sgg_optax._src.state import SGGState
@@ -30,6 +31,9 @@ def _array(raw: Any, path: str) -> Any:
 
 
 def _leaf(raw: Any, want: Any, path: str) -> Any:
+  if isinstance(raw, (int, float)) and not isinstance(raw, bool) and (
+      tuple(want.shape) == ()):
+    return raw  # a Python scalar (a TrainState's step)
   raw = _array(raw, path)
   if (tuple(raw.shape), np.dtype(raw.dtype)) != (tuple(want.shape),
                                                  np.dtype(want.dtype)):
@@ -41,6 +45,8 @@ def _leaf(raw: Any, want: Any, path: str) -> Any:
 def _rows(raw: Any, want: Any, path: str) -> Any:
   """A 0.1.x per-layer tuple (one array per parameter: ``tail`` or
   ``(L,) + tail``) as 0.2's rows; a 0.2 array as it is."""
+  if isinstance(want, tuple) and not want:  # no grouped layer: MaskedNode
+    return want
   if isinstance(raw, (list, tuple)):
     tail = tuple(want.shape[1:])
     parts = []
@@ -76,7 +82,34 @@ def _walk(raw: Any, target: Any, path: str) -> Any:
     if not isinstance(raw, dict) or set(raw) != set(target):
       raise _fail(path, f'expected the keys {sorted(target)}')
     return {k: _walk(raw[k], target[k], f'{path}.{k}') for k in target}
-  return _leaf(raw, target, path)
+  treedef: Any
+  children, treedef = jax.tree_util.tree_flatten_with_path(
+      target, is_leaf=lambda x: x is not target)
+  if len(children) == 1 and not children[0][0]:  # an array
+    return _leaf(raw, target, path)
+  # Any other pytree node (a flax TrainState, a dataclass): its children by
+  # name (restored as a dict) or in order (the same type, in memory).
+  names = [_key_name(keys[0]) for keys, _ in children]
+  if type(raw) is type(target):
+    found = [c for _, c in jax.tree_util.tree_flatten_with_path(
+        raw, is_leaf=lambda x: x is not raw)[0]]
+  elif isinstance(raw, dict) and set(raw) == set(names):
+    found = [raw[name] for name in names]
+  else:
+    raise _fail(path, f'expected a {type(target).__name__} or a dict of '
+                f'its fields {names}')
+  return treedef.unflatten([
+      _walk(r, c, f'{path}.{name}')
+      for r, (_, c), name in zip(found, children, names)])
+
+
+def _key_name(key: Any) -> Any:
+  """The name a restored dict gives a pytree child: an attribute's name, a
+  dictionary key or a sequence index."""
+  for attr in ('name', 'key', 'idx'):
+    if hasattr(key, attr):
+      return getattr(key, attr)
+  return str(key)
 
 
 def upgrade_state(saved: Any, target: Any) -> Any:
@@ -95,8 +128,9 @@ def upgrade_state(saved: Any, target: Any) -> Any:
   half converted.
 
   Args:
-    saved: the saved state (or a tree holding it, e.g. ``{'params': ...,
-      'opt_state': ...}``), as restored without a target, or in memory.
+    saved: the saved state (or any pytree holding it, e.g. ``{'params':
+      ..., 'opt_state': ...}`` or a flax ``TrainState``), as restored
+      without a target, or in memory.
     target: the same tree built by this version: ``tx.init(params)``, its
       :func:`jax.eval_shape`, or concrete arrays.
 
