@@ -32,13 +32,14 @@ PRETRAINING = ('main_job_cpu', 'cpu_tiny_robustness_ablations',
 # ... fine-tuning folders whose runs were made by the code behind a run's
 # numbers at HEAD (their `code_key` is the run cache's key,
 # `experiments.finetuning.run.CODE_KEY`; the sweep reuses them) ...
-FINETUNING = ('finetune_cls',)
+# (none: finetune_cls ran SGG with the Lloyd K-means of 27ff5f9)
+FINETUNING: tuple[str, ...] = ()
 CURRENT = PRETRAINING + FINETUNING
 # ... and those run under the current method by an earlier code version
 # that was not re-run (a GPU run: no GPU measurement at this version; the
-# fine-tuning sweep: its SGG arms take some 3 h on a 2-core CPU); the
+# fine-tuning sweeps: their SGG arms take hours on a 2-core CPU); the
 # results README labels them with their commit.
-EARLIER_CODE = ('h100_60m', 'finetune')
+EARLIER_CODE = ('h100_60m', 'finetune', 'finetune_cls')
 
 PROVENANCE = ('git_commit', 'dirty', 'command', 'sgg_optax_source_sha256',
               'experiments_source_sha256', 'versions', 'device',
