@@ -14,11 +14,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from experiments.common import cli, corpora, model_config
+from experiments.pretraining import optim_rows
 
 OPTIMIZERS = ('adam', 'adam_sgg', 'adam_sgg_momentum', 'adafactor',
               'adafactor_sgg')
-SGG_OPTIMIZERS = tuple(o for o in OPTIMIZERS if o.endswith(('_sgg',
-                                                            '_momentum')))
+MAIN_OPTIMIZERS = OPTIMIZERS  # the main job's arms
+OPTIMIZERS += optim_rows.NAMES  # the paper's other C4 rows (optim_rows.py)
+SGG_OPTIMIZERS = tuple(o for o in OPTIMIZERS if o.endswith((
+  '_sgg', '_sgg_momentum', '_sgg_update')))
 LABELS = {
   'adam': 'Adam',
   'adam_sgg': 'Adam+SGG (chain)',
@@ -26,6 +29,7 @@ LABELS = {
   'adafactor': 'Adafactor',
   'adafactor_sgg': 'Adafactor+SGG',
 }
+LABELS.update(optim_rows.LABELS)
 SGG_CLAMP = (0.1, 10.0)  # passed to every SGG optimizer; clamped_fraction
 
 
@@ -80,7 +84,9 @@ class TrainConfig:
       streams, read instead of (and written after) tokenizing.
     lora_rank: LoRA pre-training rank (0: full-rank): adapters on every
       attention/MLP kernel, which stay frozen at their random init; the
-      adapters, embeddings, head and norms train.
+      adapters, embeddings, head and norms train. Also the rank of the
+      optimizers relora (its adapters), galore (its projection; no
+      adapters) and lowrank (the factorised kernels; no adapters).
   """
 
   preset: str = 'tiny'
