@@ -184,9 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument('--fresh', action='store_true',
                       help='rerun runs whose JSON already exists')
   parser.add_argument('--from-runs', action='store_true',
-                      help="print experiment 1's table from the run JSONs "
-                           'in --out/runs (any code version), training and '
-                           'writing nothing')
+                      help="print experiment 1's table (or c4_table's) "
+                           'from the run JSONs in --out/runs (any code '
+                           'version), training and writing nothing')
   parser.add_argument('--smoke', action='store_true',
                       help='seconds-long runs of a 1-layer model (CI)')
   parser.add_argument('--max-minutes', type=cli.positive_float, default=None,
@@ -253,7 +253,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   parser = build_parser()
   args = parser.parse_args(argv)
   if args.from_runs:
-    print(stored_compare(sys.argv[1:] if argv is None else argv)[0])
+    if args.experiment == 'c4_table':
+      base, s = _settings(parser, args, check=False)
+      print(table_cli.stored_c4_table(args, base, s))
+    else:
+      print(stored_compare(sys.argv[1:] if argv is None else argv)[0])
     return {}
   init_distributed(args.coordinator, args.num_processes, args.process_id,
                    args.distributed)

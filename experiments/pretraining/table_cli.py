@@ -24,7 +24,7 @@ from experiments.pretraining.c4_table import (
 )
 from experiments.pretraining.config import OPTIMIZERS, TrainConfig
 from experiments.pretraining.robustness import breaking, breaking_table
-from experiments.pretraining.runner import Runner
+from experiments.pretraining.runner import Runner, StoredRuns
 
 Show = Callable[[str, str], None]
 
@@ -96,6 +96,15 @@ def run_c4_table(args: argparse.Namespace, base: TrainConfig,
                  args.tune_seed, s['max_extensions'], rank, args.table_rows)
   _write(out, 'c4_table', res, c4_title(res), c4_markdown(res), show)
   return res
+
+
+def stored_c4_table(args: argparse.Namespace, base: TrainConfig,
+                    s: dict[str, Any]) -> str:
+  """c4_table's heading and table from the run JSONs in ``--out/runs``."""
+  res = c4_table(base, StoredRuns(pathlib.Path(args.out)), s['lrs'],
+                 s['seeds'], s['t_frac'], args.tune_seed, s['max_extensions'],
+                 args.table_rank or default_rank(base), args.table_rows)
+  return f'{c4_title(res)}\n\n{c4_markdown(res)}'
 
 
 def tuned_adam_lr(out: pathlib.Path, fallback: float) -> float:
