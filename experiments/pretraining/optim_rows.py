@@ -7,8 +7,8 @@ run beside Adam and Adafactor (+ SGG), which `optim.py` builds itself:
 * memory-efficient: Adam-mini, CAME, CAME+SGG, APOLLO, APOLLO+SGG
   (sgg_optax's bases, looked up when the run starts: a row whose base the
   installed library lacks is *unavailable*, with a message saying so), and
-  "Low-Rank", the factorised model ``W = U V`` (experiments/common/
-  lowrank.py) trained from scratch with the Adam row's optimizer;
+  "Low-Rank", the factorised model ``W = U V`` (lowrank.py) trained
+  from scratch with the Adam row's optimizer;
 * low-rank pre-training: ReLoRA (LoRA adapters merged and restarted,
   relora.py; the Adam row's optimizer with a jagged schedule) and GaLore
   (``optax.contrib.galore``).

@@ -71,14 +71,14 @@ def _create(config: LlamaConfig, tx: optax.GradientTransformation,
   With `lora_rank`, the target linear layers get LoRA adapters
   (experiments/common/lora.py, alpha = 2 x rank) on their frozen random kernels.
   With `factor_rank`, they are factorised instead (W = U V, both trained;
-  experiments/common/lowrank.py).
+  experiments/pretraining/lowrank.py).
   """
   key = jax.random.key(seed)
   with nnx.logical_axis_rules(rules):
     model = model_lib.Llama(config, rngs=nnx.Rngs(key))
     wrt = nnx.Param
     if factor_rank:
-      from experiments.common import lowrank
+      from experiments.pretraining import lowrank
 
       lowrank.factorize(model, factor_rank)
     if lora_rank:

@@ -232,3 +232,33 @@ def test_breaking_goes_up_until_adam_diverges_and_adds_seeds_to_splits(
   assert '| 4 | 0.01 (10x) | 1/3 div, spike 7.00, 5.011 | 0/3 div, spike ' \
          '0.50, 5.011 |' in table
   assert all(c['runs']['adam'][0]['seed'] == 0 for c in res['cells'])
+
+
+@pytest.mark.slow  # real training: three rows of the table, smoke-sized
+def test_c4_table_trains_end_to_end(tmp_path):
+  pretrain_cli.main(['--smoke', '--experiment', 'c4_table', '--table-rows',
+                     'relora,lora_sgg_update', '--mesh', 'data=1', '--out',
+                     str(tmp_path), '--no-progress'])
+  result = json.loads((tmp_path / 'c4_table.json').read_text())
+  rows = {r['key']: r for r in result['rows']}
+  assert set(rows) == {'lora', 'relora', 'lora_sgg_update'}
+  for r in rows.values():
+    assert all(map(math.isfinite, r['summary']['ppl'])) and r['lora_rank']
+  assert rows['lora_sgg_update']['paired']['vs'] == 'lora'
+  assert rows['relora']['n_params'] == rows['lora']['n_params']
+  assert 'ReLoRA' in (tmp_path / 'c4_table.md').read_text()
+
+
+@pytest.mark.slow  # real training: the breaking grid, smoke-sized
+def test_breaking_trains_end_to_end(tmp_path):
+  pretrain_cli.main(['--smoke', '--experiment', 'breaking',
+                     '--breaking-optimizers', 'adam,adam_sgg_momentum',
+                     '--breaking-batch-sizes', '4', '--breaking-multipliers',
+                     '1,10000', '--base-lr', '1e-3', '--mesh', 'data=1',
+                     '--out', str(tmp_path), '--no-progress'])
+  result = json.loads((tmp_path / 'breaking.json').read_text())
+  assert result['clip_norm'] == 0.0 and result['warmup_frac'] == 0.0
+  first, last = result['cells']
+  assert not first['runs']['adam'][0]['diverged']
+  assert last['runs']['adam'][0]['diverged']  # at 10 (ten thousand x)
+  assert first['runs']['adam'][0]['max_spike'] is not None

@@ -16,8 +16,14 @@ import pytest
 from flax import nnx
 
 import sgg_optax
-from experiments.common import lowrank
-from experiments.pretraining import loop, optim_rows, relora, step, train_cli
+from experiments.pretraining import (
+  loop,
+  lowrank,
+  optim_rows,
+  relora,
+  step,
+  train_cli,
+)
 from experiments.pretraining.config import OPTIMIZERS, TrainConfig
 from experiments.pretraining.distributed import make_mesh
 from experiments.pretraining.optim import build_optimizer
