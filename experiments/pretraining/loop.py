@@ -124,8 +124,8 @@ class _TrainLog:
   def __init__(self, cfg: TrainConfig, curves: dict[str, Any]):
     self.cfg = cfg
     self.curves = curves
-    self.schedule = normalized_schedule(cfg.steps, cfg.warmup_frac,
-                                        cfg.final_lr_frac)
+    self.schedule = optim_rows.row_schedule(cfg, normalized_schedule(
+      cfg.steps, cfg.warmup_frac, cfg.final_lr_frac))
     self.pending: list[tuple[int, jax.Array, jax.Array]] = []
     self.first = curves['train'][0][1] if curves['train'] else None
     self.reason = ''  # why the run diverged ('' : it did not)

@@ -167,10 +167,8 @@ def _optax(name: str) -> Builder:
         weight_dimension_numbers=_galore_targets)
     adam = dict(b1=kw['b1'], b2=kw['b2'], eps=kw['eps'],
                 weight_decay=kw['weight_decay'])
-    if name == 'relora':
-      schedule = relora.jagged_schedule(schedule, kw['interval'],
-                                        kw['rewarm'])
-    return optax.adamw(schedule, **adam)  # lowrank, relora
+    return optax.adamw(row_schedule(cfg, schedule),
+                       **adam)  # lowrank, relora
 
   return build
 
@@ -276,6 +274,14 @@ def model_ranks(cfg: Any) -> tuple[int, int]:
   if model == 'full':
     return 0, 0
   return cfg.lora_rank, 0
+
+
+def row_schedule(cfg: Any, base: optax.Schedule) -> optax.Schedule:
+  """The row's normalised schedule (ReLoRA's jagged one; else ``base``)."""
+  if cfg.optimizer != 'relora':
+    return base
+  s = relora.settings(cfg.steps)
+  return relora.jagged_schedule(base, s['interval'], s['rewarm'])
 
 
 def step_hook(cfg: Any) -> relora.Restart | None:

@@ -85,6 +85,8 @@ def test_row_trains_or_says_why_not(name, streams, capsys):
     assert trainable == n == _train_dense_params()
   else:  # LoRA adapters on frozen kernels, as LoRA pre-training
     assert trainable < n == _train_dense_params() + _adapters()
+  if name == 'relora':  # zero after the warm-up's first step and a restart
+    assert [p[0] for p in result['curves']['train'] if p[3] == 0] == [0, 2]
   if optim_rows.ROWS[name].sgg_base:
     assert result['curves']['sgg'][-1]['max_abs_dev'] > 0
 
