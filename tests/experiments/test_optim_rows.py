@@ -73,18 +73,19 @@ def test_row_trains_or_says_why_not(name, streams, capsys):
       train_cli.main(['--smoke', '--optimizer', name, '--no-progress'])
     assert e.value.code == 2 and why in capsys.readouterr().err
     return
-  result = _train(streams, optimizer=name)
+  row = optim_rows.ROWS[name]  # the rank only where the row has one
+  result = _train(streams, optimizer=name,
+                  lora_rank=CFG.lora_rank if row.needs_rank else 0)
   losses = [p[1] for p in result['curves']['train']]
   assert len(losses) == CFG.steps and all(map(math.isfinite, losses))
   assert not result['diverged'] and math.isfinite(result['test_loss'])
   n, trainable = result['model']['n_params'], result['model']['n_trainable']
-  model = optim_rows.ROWS[name].model
-  if model == 'factorized':  # rank-4 factors instead of 32-wide kernels
+  if row.model == 'factorized':  # rank-4 factors instead of 32-wide kernels
     assert trainable == n < _train_dense_params()
-  elif model == 'full':
-    assert trainable == n == _train_dense_params()
-  else:  # LoRA adapters on frozen kernels, as LoRA pre-training
+  elif row.model == 'lora':  # adapters on frozen kernels (LoRA pre-training)
     assert trainable < n == _train_dense_params() + _adapters()
+  else:  # the whole dense model
+    assert trainable == n == _train_dense_params()
   if name == 'relora':  # zero after the warm-up's first step and a restart
     assert [p[0] for p in result['curves']['train'] if p[3] == 0] == [0, 2]
   if optim_rows.ROWS[name].sgg_base:
