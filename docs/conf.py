@@ -75,11 +75,6 @@ html_theme = 'furo'
 html_title = f'sgg_optax {release}'
 html_static_path = ['_static']
 html_css_files = ['custom.css']
-html_theme_options = {
-    'source_repository': 'https://github.com/sgg-optax/sgg_optax/',
-    'source_branch': 'main',
-    'source_directory': 'docs/',
-}
 html_show_sourcelink = False
 
 

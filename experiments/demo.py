@@ -1,4 +1,4 @@
-"""`python -m experiments.demo`: a one-minute demo, an MLP with Adam and SGG.
+"""`python -m experiments.demo`: one minute of AdamW and AdamW+SGG on an MLP.
 
 The code is experiments/bench/demo.py.
 """

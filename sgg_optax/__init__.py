@@ -28,6 +28,16 @@ from sgg_optax._src.transform import (
     with_sgg,
 )
 from sgg_optax._src.upgrade import StateMismatchError, upgrade_state
+from sgg_optax.bases import (
+    adam_mini,
+    apollo,
+    apollo_sgg,
+    came,
+    came_sgg,
+    scale_by_adam_mini,
+    scale_by_apollo,
+    scale_by_came,
+)
 
 __version__ = '0.2.0'
 
@@ -38,13 +48,21 @@ __all__ = (
     'SGGWrapperState',
     'StateMismatchError',
     'adafactor_sgg',
+    'adam_mini',
     'adamw_sgg',
+    'apollo',
+    'apollo_sgg',
+    'came',
+    'came_sgg',
     'cluster_summary',
     'find_sgg_states',
     'group_names',
     'ids_to_device',
     'lamb_sgg',
     'refresh_due',
+    'scale_by_adam_mini',
+    'scale_by_apollo',
+    'scale_by_came',
     'sgg',
     'state_partition_specs',
     'state_shardings',

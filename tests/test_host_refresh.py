@@ -27,7 +27,7 @@ FORMS = {
     'inject_hyperparams': lambda **kw: optax.chain(
         optax.scale_by_adam(),
         optax.inject_hyperparams(
-            sgg_optax.sgg, static_args=('num_clusters', 'kmeans_iters',
+            sgg_optax.sgg, static_args=('num_clusters',
                                         'sample_size', 'assignment'))(
                                             recluster_interval=T, beta3=0.5,
                                             **kw), _LR),

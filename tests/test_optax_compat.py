@@ -101,7 +101,7 @@ def test_state_types_stable_and_update_dtype_kept(dtype):
 
 
 def test_inject_hyperparams_matches_plain():
-  static = ('num_clusters', 'kmeans_iters', 'sample_size')
+  static = ('num_clusters', 'sample_size')
   injected = optax.chain(
       optax.scale_by_adam(),
       optax.inject_hyperparams(sgg_optax.sgg, static_args=static)(

@@ -149,7 +149,6 @@ def cases(draw, *, x64: bool | None = None,
   options['global_stat'] = draw(st.sampled_from(
       ('layer_mean', 'global_mean', 'cluster_mdas')))
   options['assignment'] = draw(st.sampled_from(('frozen', 'dynamic')))
-  options['kmeans_iters'] = draw(st.sampled_from((2, 0, 1, 3)))
   options['sample_size'] = draw(st.sampled_from((4096, 1, 3, 8, 64)))
   outer = _flags(draw, tree) if draw(st.booleans()) else None
   steps = interval * draw(st.integers(1, max_refreshes)) + 1
@@ -365,7 +364,7 @@ _LAMB_ULPS = Case(
     beta3=0.0, options={'clamp': (0.1, 10.0), 'clamp_order': None,
                         'scale_rule': 'mda', 'cluster_stat': 'signed',
                         'global_stat': 'layer_mean', 'assignment': 'frozen',
-                        'kmeans_iters': 2, 'sample_size': 4096},
+                        'sample_size': 4096},
     outer_mask=None, seed=0, steps=4, bad=())
 
 

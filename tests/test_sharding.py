@@ -28,7 +28,7 @@ def _abstract_params():
           for k, s in _problem.SHAPES.items()}
 
 
-_STATIC = ('num_clusters', 'kmeans_iters', 'sample_size')
+_STATIC = ('num_clusters', 'sample_size')
 _CHAINS = {
     'bare': lambda: sgg_optax.sgg(),
     'chain': lambda: optax.chain(optax.scale_by_adam(), sgg_optax.sgg()),

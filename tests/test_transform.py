@@ -45,9 +45,8 @@ def test_matches_numpy_reference_over_three_refreshes(k, cluster_stat,
     out, state = update(u, state)
     if step % 2 == 0:
       ids_list, centres, scales, mdas, glob = ref.refresh(
-          [np.asarray(u[n]) for n in grouped], centres, scales, mdas,
-          first=[step == 2] * 2, beta3=0.6, k=k, cluster_stat=cluster_stat,
-          global_stat=global_stat)
+          [np.asarray(u[n]) for n in grouped], scales, mdas, beta3=0.6, k=k,
+          cluster_stat=cluster_stat, global_stat=global_stat)
       ids = dict(zip(grouped, ids_list))
       np.testing.assert_allclose(state.global_stat, glob, rtol=1e-5)
     np.testing.assert_allclose(rows(state.centres), centres, rtol=1e-5,
@@ -97,8 +96,7 @@ def test_paper_form_clusters_the_first_moment():
     u, state = jax.jit(tx.update)(g, state, params)
     base_u, inner = jax.jit(adam.update)(g, inner, params)
   ids, ref_centres, ref_scales, mdas, _ = ref.refresh(
-      [np.asarray(inner.mu['w'])], ref_centres, ref_scales, mdas,
-      first=[True], beta3=0.5, k=3)
+      [np.asarray(inner.mu['w'])], ref_scales, mdas, beta3=0.5, k=3)
   sgg_state = state.sgg_state
   np.testing.assert_array_equal(sgg_state.ids['w'], ids[0])
   np.testing.assert_allclose(rows(sgg_state.scales), ref_scales, rtol=1e-5)
@@ -275,8 +273,7 @@ def test_bad_arguments_raise(bad, match):
 
 def test_boundary_arguments_are_accepted():
   for kwargs in (dict(num_clusters=1), dict(num_clusters=255),
-                 dict(recluster_interval=1), dict(beta3=0.0),
-                 dict(kmeans_iters=0)):
+                 dict(recluster_interval=1), dict(beta3=0.0)):
     tx = sgg_optax.sgg(**kwargs)
     params = {'w': jnp.arange(12.0).reshape(3, 4)}
     out, _ = jax.jit(tx.update)(params, tx.init(params))

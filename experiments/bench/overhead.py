@@ -135,8 +135,9 @@ def compile_times(presets: list[str], batch: int, seq_len: int,
   from experiments.pretraining import config as train_config
   from experiments.pretraining import distributed, optim, step
 
-  variants = [('adam', None), ('adam_sgg', None), ('adam_sgg', False),
-              ('adam_sgg', True), ('adam_sgg_momentum', None),
+  variants = [('adam', None), ('adam_sgg_update', None),
+              ('adam_sgg_update', False), ('adam_sgg_update', True),
+              ('adam_sgg_momentum', None),
               ('adam_sgg_momentum', False), ('adam_sgg_momentum', True),
               ('adam_sgg_momentum', 'program')]
   rows = []
@@ -220,6 +221,7 @@ def _pairs(compile_rows: list[dict]) -> list[tuple[str, str, str, float]]:
 
 def main(argv: list[str] | None = None) -> None:
   parser = argparse.ArgumentParser(
+      prog='python -m experiments.bench_overhead',
       description=__doc__.split('\n\n')[0],
       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
   parser.add_argument('--layers', type=cli.positive_int, nargs='+',

@@ -66,7 +66,8 @@ def rss_mib() -> float:
 
 
 def build_optimizer(args: argparse.Namespace) -> optax.GradientTransformation:
-  """Adam (b1, b2) with SGG in the momentum or the chain form, then the LR."""
+  """Adam (b1, b2) with SGG in the momentum or the update form, then the
+  LR."""
   sgg_kw = dict(num_clusters=args.num_clusters,
                 recluster_interval=args.recluster_interval, beta3=args.beta3,
                 clamp=tuple(args.clamp))
@@ -192,9 +193,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
   pos, frac = cli.positive_int, cli.positive_float
   p.add_argument('--steps', type=pos, default=20_000, help='optimizer steps')
-  p.add_argument('--form', choices=('momentum', 'chain'), default='momentum',
-                 help="SGG clusters Adam's momentum (with_sgg) or its "
-                 'update (sgg in a chain)')
+  p.add_argument('--form', choices=('momentum', 'update'),
+                 type=lambda s: 'update' if s == 'chain' else s,
+                 default='momentum',
+                 help="SGG's form: it clusters Adam's momentum (with_sgg) or "
+                 "its update (the chain link sgg()); 'chain' is a "
+                 "deprecated spelling of 'update'")
   p.add_argument('--recluster-interval', type=pos, default=10,
                  help="SGG's T")
   p.add_argument('--num-clusters', type=pos,

@@ -276,6 +276,7 @@ def markdown(results: dict) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
+      prog='python -m experiments.bench_step',
       description=__doc__.splitlines()[0],
       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
   parser.add_argument('--trees', nargs='+', default=list(TREES),

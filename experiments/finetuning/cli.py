@@ -17,16 +17,18 @@ held-out split of `experiments.common.corpora`, reported only.
 Methods: `full` (every parameter trained, f32), `lora` (f32 frozen base,
 f32 adapters) and `qlora` (frozen base int8 per output channel, bf16
 embedding/norms; f32 adapters). Optimizers: `adamw` and `adamw_sgg` (SGG
-around Adam), both behind the same global-norm clipping and warmup-cosine
-schedule.
+around Adam, as `sgg_optax.adamw_sgg`: the momentum form by default,
+`--sgg-form update` for the update form), both behind the same global-norm
+clipping and warmup-cosine schedule.
 
 Protocol, per (task, method, optimizer) arm, all on dev with the tuning seed
 (`--tune-seed`, not one of the reported `--seeds`):
 1. the peak learning rate from the arm's grid; a best rate at an edge of the
    grid extends the grid by one step past that edge (`--grid-extensions`
    times at most);
-2. SGG arms: at that rate, every other (T, beta3) of `--sgg-interval-fracs`
-   x `--sgg-beta3s` (step 1 ran at the first of each); the best on dev wins;
+2. SGG arms: at that rate, every other (T, beta3) of
+   `--recluster-interval-frac` (or `--recluster-interval`) x `--beta3`
+   (step 1 ran at the first of each); the best on dev wins;
 3. every reported seed runs at the arm's own choice and is scored on test.
 
 Examples:
@@ -43,6 +45,8 @@ import pathlib
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
+
+from experiments.pretraining.deprecation import deprecated_flag
 
 TASKS = ('lm', 'cls')
 METHODS = ('full', 'lora', 'qlora')
@@ -169,7 +173,7 @@ def parser() -> argparse.ArgumentParser:
   a('--weight-decay', type=NON_NEGATIVE, default=0.0)
   a('--clip', type=NON_NEGATIVE, default=1.0, help='global-norm clip (0: off)')
   _lora_arguments(a)
-  _sgg_arguments(a)
+  _sgg_arguments(p)
   _eval_arguments(a)
   a('--no-zero-shot', dest='zero_shot', action='store_false',
     help='skip evaluating the untouched base models')
@@ -202,15 +206,31 @@ def _lora_arguments(a) -> None:
     help=f'one of {", ".join(LORA_PRESETS)} or comma-separated projections')
 
 
-def _sgg_arguments(a) -> None:
-  a('--sgg-k', type=_number(int, 1, 255, what='in [1, 255]'), default=3,
-    help="SGG's K")
-  a('--sgg-interval-fracs', type=_list_of(FRACTION), default=[0.05, 0.1],
+def _sgg_arguments(p: argparse.ArgumentParser) -> None:
+  a = p.add_argument
+  k = _number(int, 1, 255, what='in [1, 255]')
+  a('--num-clusters', type=k, default=3, dest='sgg_k', metavar='K',
+    help="SGG's K, clusters per layer")
+  a('--recluster-interval-frac', type=_list_of(FRACTION),
+    default=[0.05, 0.1], dest='sgg_interval_fracs', metavar='FRACS',
     help="SGG's T as fractions of --steps, tuned on dev (first: LR search)")
-  a('--sgg-beta3s', type=_list_of(UNIT), default=[0.9, 0.99],
+  a('--recluster-interval', type=_list_of(POSITIVE_INT), default=None,
+    dest='sgg_intervals', metavar='T',
+    help="SGG's T in steps, tuned on dev (first: LR search); replaces "
+    '--recluster-interval-frac')
+  a('--beta3', type=_list_of(UNIT), default=[0.9, 0.99], dest='sgg_beta3s',
+    metavar='BETA3S',
     help="SGG's scale EMA decay, tuned on dev (first: LR search)")
+  for old, new, dest, type_, meta in (
+      ('--sgg-k', '--num-clusters', 'sgg_k', k, 'K'),
+      ('--sgg-interval-fracs', '--recluster-interval-frac',
+       'sgg_interval_fracs', _list_of(FRACTION), 'FRACS'),
+      ('--sgg-beta3s', '--beta3', 'sgg_beta3s', _list_of(UNIT), 'BETA3S')):
+    deprecated_flag(p, old, new, dest, type=type_, metavar=meta)
   a('--sgg-form', choices=('momentum', 'update'), default='momentum',
-    help="cluster Adam's first moment (paper, with_sgg) or the update (sgg)")
+    help="SGG's form: 'momentum' clusters Adam's first moment (the paper's "
+    "Algorithm 1, `with_sgg`); 'update' clusters Adam's finished update "
+    '(`cluster_momentum=False`)')
   a('--sgg-rule', choices=('mda', 'reference'), default='mda')
   a('--sgg-cluster-decay', type=UNIT, default=0.95,
     help='reference rule only: decay of the cluster-mean EMA')
@@ -258,6 +278,7 @@ def apply_smoke(args: argparse.Namespace) -> argparse.Namespace:
   args.lrs_full, args.lrs_lora, args.grid_extensions = [1e-4], [1e-3], 0
   args.seeds, args.tune_seed = [0], 1
   args.sgg_interval_fracs, args.sgg_beta3s = [0.25], [0.9]
+  args.sgg_intervals = None
   args.dev_windows, args.test_windows = 5, 10
   args.cls_dev_per_topic, args.cls_test_examples = 1, 10
   args.eval_batch_size = 4

@@ -147,7 +147,8 @@ class Sweep:
 
     best = tune_arm(get, sgg, a.lrs_full if method == 'full' else a.lrs_lora,
                     a.grid_extensions, a.tune_seed,
-                    sgg_intervals(a.sgg_interval_fracs, a.steps),
+                    a.sgg_intervals or sgg_intervals(a.sgg_interval_fracs,
+                                                     a.steps),
                     a.sgg_beta3s)
     for seed in a.seeds:
       get(best['lr'], seed, *FA.config(best)[1:])

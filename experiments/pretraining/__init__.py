@@ -13,7 +13,8 @@ The loop (``python -m experiments.train``), one concern a module:
 * `step`: the model and optimizer, created sharded, and the jitted steps;
 * `checkpointing`: Orbax checkpoints (save, resume, refuse a foreign one);
 * `loop`: logging, the clock, periodic work, the record, and `train`;
-* `train_cli`: the command line (``main``).
+* `train_cli`: the command line (``main``); `deprecation`: the earlier
+  spellings of flags and optimizer names that still work.
 
 The experiments (``python -m experiments.pretrain``): `runner` (the run
 cache, learning-rate tuning), `compare` (experiment 1), `robustness`

@@ -69,13 +69,14 @@ def b2_rows(base: TrainConfig, runner: Runner, lrs: Sequence[float],
             seeds: int, t_frac: float, tune_seed: int, max_extensions: int,
             smoke: bool = False
             ) -> dict[str, tuple[TrainConfig, list[dict[str, Any]]]]:
-  """Adam (and Adam+SGG chain) with b2 = 0.999, each with its own dev-tuned LR.
+  """Adam (and Adam+SGG, update form) with b2 = 0.999, each with its own
+  dev-tuned LR.
 
   Returns:
     Per row name, the configuration at the chosen LR and its seeds' results.
   """
   rows = {}
-  for opt in ('adam',) if smoke else ('adam', 'adam_sgg'):
+  for opt in ('adam',) if smoke else ('adam', 'adam_sgg_update'):
     cfg = _recluster(base.replace(optimizer=opt, b2=0.999), t_frac)
     best, _ = tune_lr(cfg, runner, lrs, [tune_seed], max_extensions,
                       final_eval_only=True)
@@ -104,7 +105,8 @@ def ablations(base: TrainConfig, runner: Runner, lr: float, seeds: int,
   Returns:
     Per variant: test PPL statistics and how far the scales moved.
   """
-  cfg0 = _recluster(base.replace(optimizer='adam_sgg', lr=lr), t_frac)
+  cfg0 = _recluster(base.replace(optimizer='adam_sgg_update', lr=lr),
+                    t_frac)
   adam = [runner.run(base.replace(optimizer='adam', lr=baseline_lr or lr,
                                   seed=s)) for s in range(seeds)]
   adam_ppl = [r['test_ppl'] for r in adam]

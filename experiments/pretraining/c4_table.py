@@ -23,7 +23,7 @@ from typing import Any
 from experiments.common import model_config, records
 from experiments.pretraining import optim_rows
 from experiments.pretraining.compare import compare
-from experiments.pretraining.config import LABELS, OPTIMIZERS, TrainConfig
+from experiments.pretraining.config import LABELS, TrainConfig
 from experiments.pretraining.runner import Runner
 from experiments.report.evidence import t_interval
 
@@ -34,8 +34,7 @@ class TableRow:
 
   Attributes:
     key: its name in the results (unique).
-    optimizers: the optimizer, the first of these names that
-      `config.OPTIMIZERS` knows (names being renamed keep working).
+    optimizer: its `--optimizer` name.
     section: an `optim_rows.SECTIONS` key.
     paper: the paper's LLaMA-60M test PPL (None: not in its C4 table).
     low_rank: runs with the table's rank (``--lora-rank``): LoRA adapters,
@@ -45,7 +44,7 @@ class TableRow:
   """
 
   key: str
-  optimizers: tuple[str, ...]
+  optimizer: str
   section: str
   paper: float | None
   low_rank: bool = False
@@ -53,9 +52,9 @@ class TableRow:
   label: str = ''
 
 
-def _row(key: str, section: str, paper: float | None, *names: str,
+def _row(key: str, section: str, paper: float | None, optimizer: str = '',
          **kw: Any) -> TableRow:
-  return TableRow(key, names or (key,), section, paper, **kw)
+  return TableRow(key, optimizer or key, section, paper, **kw)
 
 
 # The paper's table (seed 002), in its order, plus LAMB+SGG and
@@ -67,14 +66,12 @@ TABLE = (
   _row('radam', 'full', 30.43),
   _row('lamb', 'full', 33.04),
   _row('adan', 'full', 32.01),
-  _row('adam_sgg_update', 'full', 30.31, 'adam_sgg_update', 'adam_sgg',
-       base='adam'),
+  _row('adam_sgg_update', 'full', 30.31, base='adam'),
   _row('adam_sgg_momentum', 'full', 30.31, base='adam'),
   _row('lamb_sgg_momentum', 'full', None, base='lamb'),
   _row('adam_mini', 'memory', 34.10),
   _row('adafactor', 'memory', 32.57),
-  _row('adafactor_sgg_update', 'memory', None, 'adafactor_sgg_update',
-       'adafactor_sgg', base='adafactor'),
+  _row('adafactor_sgg_update', 'memory', None, base='adafactor'),
   _row('lowrank', 'memory', 78.18, low_rank=True),
   _row('came', 'memory', 31.37),
   _row('came_sgg_momentum', 'memory', 30.15, base='came'),
@@ -83,7 +80,7 @@ TABLE = (
   _row('lora', 'lowrank', 34.99, 'adam', low_rank=True, label='LoRA'),
   _row('relora', 'lowrank', 37.04, low_rank=True),
   _row('galore', 'lowrank', 34.88, low_rank=True),
-  _row('lora_sgg_update', 'lowrank', 30.62, 'adam_sgg_update', 'adam_sgg',
+  _row('lora_sgg_update', 'lowrank', 30.62, 'adam_sgg_update',
        low_rank=True, base='lora', label='LoRA+SGG (update)'),
   _row('lora_sgg_momentum', 'lowrank', 30.62, 'adam_sgg_momentum',
        low_rank=True, base='lora', label='LoRA+SGG (momentum)'),
@@ -102,10 +99,6 @@ def default_rank(base: TrainConfig) -> int:
   return max(1, (base.dim or model_config.get_config(base.preset).dim) // 4)
 
 
-def _optimizer(row: TableRow) -> str | None:
-  return next((o for o in row.optimizers if o in OPTIMIZERS), None)
-
-
 def _hyperparameters(opt: str, cfg: TrainConfig) -> str:
   if opt in optim_rows.ROWS:
     values = optim_rows.hyperparameters(opt, cfg)
@@ -117,9 +110,7 @@ def _hyperparameters(opt: str, cfg: TrainConfig) -> str:
                    for k, v in values.items())
 
 
-def _status(row: TableRow, opt: str | None) -> str:
-  if opt is None:
-    return f'not an optimizer here: {", ".join(row.optimizers)}'
+def _status(opt: str) -> str:
   return optim_rows.unavailable(opt) or 'ok'
 
 
@@ -148,14 +139,13 @@ def c4_table(base: TrainConfig, runner: Runner, lrs: Sequence[float],
   for row in TABLE:
     if keys and row.key not in wanted:
       continue
-    opt = _optimizer(row)
-    cfg = base.replace(optimizer=opt or row.optimizers[0],
-                       lora_rank=rank if row.low_rank else 0)
+    opt = row.optimizer
+    cfg = base.replace(optimizer=opt, lora_rank=rank if row.low_rank else 0)
     entry: dict[str, Any] = {
       'key': row.key, 'section': row.section, 'optimizer': opt,
-      'label': row.label or LABELS.get(opt or '', row.key),
-      'lora_rank': cfg.lora_rank, 'paper_60m': row.paper, 'base': row.base,
-      'status': _status(row, opt), 'summary': None, 'paired': None}
+      'label': row.label or LABELS[opt], 'lora_rank': cfg.lora_rank,
+      'paper_60m': row.paper, 'base': row.base, 'status': _status(opt),
+      'summary': None, 'paired': None}
     if entry['status'] == 'ok':
       entry['hyperparameters'] = _hyperparameters(opt, cfg)
       res, _ = compare(cfg, runner, [opt], lrs, seeds, 'seed', t_frac,

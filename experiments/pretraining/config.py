@@ -14,23 +14,69 @@ from collections.abc import Sequence
 from typing import Any
 
 from experiments.common import cli, corpora, model_config
-from experiments.pretraining import optim_rows
+from experiments.pretraining import deprecation, optim_rows
 
-OPTIMIZERS = ('adam', 'adam_sgg', 'adam_sgg_momentum', 'adafactor',
-              'adafactor_sgg')
+# SGG's two forms, in sgg_optax's words: the momentum form clusters the base
+# optimizer's first moment (`with_sgg(base)`, `adamw_sgg`'s default, the
+# paper's Algorithm 1); the update form clusters the base's finished update
+# (`chain(base, sgg(), lr)`, `cluster_momentum=False`). An SGG optimizer's
+# name ends in its form.
+OPTIMIZERS = ('adam', 'adam_sgg_update', 'adam_sgg_momentum', 'adafactor',
+              'adafactor_sgg_update')
 MAIN_OPTIMIZERS = OPTIMIZERS  # the main job's arms
 OPTIMIZERS += optim_rows.NAMES  # the paper's other C4 rows (optim_rows.py)
-SGG_OPTIMIZERS = tuple(o for o in OPTIMIZERS if o.endswith((
-  '_sgg', '_sgg_momentum', '_sgg_update')))
+# Earlier spellings -> the same optimizer's name. Still accepted (committed
+# commands and run JSONs use them); the command lines say they are
+# deprecated (`deprecation_notes`).
+DEPRECATED = {'adam_sgg': 'adam_sgg_update',
+              'adafactor_sgg': 'adafactor_sgg_update'}
+SGG_OPTIMIZERS = tuple(o for o in OPTIMIZERS + tuple(DEPRECATED)
+                       if '_sgg' in o)
 LABELS = {
   'adam': 'Adam',
-  'adam_sgg': 'Adam+SGG (chain)',
+  'adam_sgg_update': 'Adam+SGG (update)',
   'adam_sgg_momentum': 'Adam+SGG (momentum)',
   'adafactor': 'Adafactor',
-  'adafactor_sgg': 'Adafactor+SGG',
+  'adafactor_sgg_update': 'Adafactor+SGG (update)',
 }
 LABELS.update(optim_rows.LABELS)
+LABELS.update({old: LABELS[new] for old, new in DEPRECATED.items()})
 SGG_CLAMP = (0.1, 10.0)  # passed to every SGG optimizer; clamped_fraction
+
+
+def canonical(name: str) -> str:
+  """The optimizer's name, for a deprecated spelling too."""
+  return DEPRECATED.get(name, name)
+
+
+def optimizer_name(text: str) -> str:
+  """argparse ``type=`` of an optimizer: its name (deprecated spellings
+  mean the same optimizer)."""
+  if text not in OPTIMIZERS and text not in DEPRECATED:
+    raise argparse.ArgumentTypeError(
+      f'must be one of {", ".join(OPTIMIZERS)}; got {text!r}')
+  return canonical(text)
+
+
+optimizer_name.__name__ = 'optimizer'
+
+
+def warn_deprecated(prog: str, argv: Sequence[str]) -> None:
+  """Prints one warning line per deprecated optimizer name in ``argv``
+  (flags: `deprecation.deprecated_flag` says so itself)."""
+  deprecation.warn_deprecated_values(prog, argv, {
+    old: f'{new} (the same optimizer)' for old, new in DEPRECATED.items()})
+
+
+def never_refreshes(cfg: TrainConfig) -> str | None:
+  """A warning when ``cfg`` is an SGG run that ends before step T."""
+  if cfg.optimizer not in SGG_OPTIMIZERS or (
+      cfg.recluster_interval < cfg.steps):
+    return None
+  return (f'SGG never refreshes in this run (T = --recluster-interval '
+          f'{cfg.recluster_interval} >= --steps {cfg.steps}): every scale '
+          'stays 1 and the run is its base optimizer\'s; set T below the '
+          'number of steps, e.g. --recluster-interval-frac 0.05')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,7 +84,7 @@ class TrainConfig:
   """Everything that defines one training run.
 
   Attributes:
-    preset: model_config.py preset ('tiny', 'small', '60m', '130m').
+    preset: the model's shape, a model_config.py preset (the choices).
     n_layers: override of the preset's depth (0: keep).
     dim: override of the preset's width (0: keep); ffn_dim follows as
       ``8/3 * dim`` rounded up to a multiple of 32.
@@ -49,7 +95,11 @@ class TrainConfig:
     seq_len: predicted tokens per row.
     batch_size: global batch size (rows).
     steps: optimizer steps.
-    optimizer: one of `OPTIMIZERS`.
+    optimizer: Adam or Adafactor, alone or with SGG in the update form
+      (`*_sgg_update`: SGG clusters the base's finished update) or the
+      momentum form (`adam_sgg_momentum`: it clusters Adam's first moment,
+      the paper's Algorithm 1); `adam_sgg` and `adafactor_sgg` are
+      deprecated spellings of the `*_sgg_update` ones.
     lr: peak learning rate.
     warmup_frac: linear warm-up, as a fraction of `steps`.
     final_lr_frac: the cosine decays to this fraction of the peak.
@@ -60,9 +110,12 @@ class TrainConfig:
     weight_decay: decoupled weight decay (times the learning rate).
     clip_norm: global-norm gradient clipping (0: off).
     adafactor_momentum: give Adafactor a first moment (b1).
-    num_clusters: SGG's K.
-    recluster_interval: SGG's T.
-    beta3: SGG's scale EMA decay.
+    num_clusters: SGG's K, clusters per layer.
+    recluster_interval: SGG's T: the clusters and scales are refreshed at
+      steps T, 2T, ...; before step T every scale is 1 (the base
+      optimizer's run).
+    beta3: SGG's scale EMA decay (the scales move 1 - beta3**n of the way
+      to their targets in n refreshes).
     scale_rule: SGG's 'mda' (paper) or 'reference' (public code) rule.
     cluster_stat: SGG clusters the 'signed' statistic or its 'abs'.
     sgg_1d: also group and scale 1-D parameters (the paper excludes them).
@@ -149,7 +202,7 @@ FIELD_TYPES: dict[str, Any] = {
   'diag_every': cli.non_negative_int,
   'divergence_factor': cli.float_in(1.0, low_open=True),
   'mesh': cli.mesh_spec, 'ckpt_every': cli.non_negative_int,
-  'lora_rank': cli.non_negative_int,
+  'lora_rank': cli.non_negative_int, 'optimizer': optimizer_name,
 }
 FIELD_CHOICES: dict[str, Sequence[str]] = {
   'preset': tuple(model_config.PRESETS),
@@ -186,10 +239,11 @@ def add_config_args(parser: argparse.ArgumentParser,
 
 def config_from_args(args: argparse.Namespace,
                      base: TrainConfig = TrainConfig()) -> TrainConfig:
-  """The `TrainConfig` of parsed `add_config_args` flags."""
+  """The `TrainConfig` of parsed `add_config_args` flags (a flag left at
+  ``None`` keeps ``base``'s value)."""
   names = {f.name for f in dataclasses.fields(TrainConfig)}
   return base.replace(**{k: v for k, v in vars(args).items()
-                         if k in names})
+                         if k in names and v is not None})
 
 
 def _field_docs() -> dict[str, str]:

@@ -21,6 +21,7 @@ from experiments.pretraining.config import (
   SGG_CLAMP,
   SGG_OPTIMIZERS,
   TrainConfig,
+  canonical,
 )
 
 
@@ -48,7 +49,8 @@ def _optimizer_key(cfg: TrainConfig) -> tuple[Any, ...]:
   """The fields that shape the optimizer, except the peak learning rate."""
   fields = ('optimizer', 'steps', 'warmup_frac', 'final_lr_frac', 'b1', 'b2',
             'eps', 'weight_decay', 'clip_norm', 'adafactor_momentum')
-  key = tuple(getattr(cfg, f) for f in fields)
+  key = (canonical(cfg.optimizer),) + tuple(getattr(cfg, f)
+                                           for f in fields[1:])
   if cfg.optimizer in SGG_OPTIMIZERS:
     key += (cfg.num_clusters, cfg.recluster_interval, cfg.beta3,
             cfg.scale_rule, cfg.cluster_stat, cfg.sgg_1d)
@@ -64,11 +66,14 @@ def build_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
   ``chain(clip_by_global_norm, <optimizer with the normalised schedule>,
   inject_hyperparams(scale)(peak_lr))``: the peak is a state entry set by
   `set_peak_lr`, so the compiled step is shared by runs that differ only in
-  the learning rate (and seed). Adam is ``scale_by_adam`` (+ ``sgg`` in the
-  chain form, ``with_sgg`` in the momentum form), weight decay and the
+  the learning rate (and seed). Adam is ``scale_by_adam`` (+ SGG in the
+  update form, ``*_sgg_update``, or the momentum form,
+  ``*_sgg_momentum``), weight decay and the
   schedule, as in `sgg_optax.adamw_sgg`; Adafactor is the GaLore/paper
   set-up (no parameter-scale multiplication, update clipping 1.0, decay
-  0.8), with SGG after the clipping (`sgg_optax.adafactor_sgg`).
+  0.8), with SGG after the clipping (`sgg_optax.adafactor_sgg`: the update
+  form). A deprecated name (`config.DEPRECATED`) builds the optimizer it
+  stands for.
 
   Args:
     cfg: the run's configuration.
@@ -79,12 +84,12 @@ def build_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
   key = _optimizer_key(cfg)
   if key in _TX_CACHE:
     return _TX_CACHE[key]
-  if cfg.optimizer not in OPTIMIZERS:
+  name = canonical(cfg.optimizer)
+  if name not in OPTIMIZERS:
     raise ValueError(f'optimizer must be one of {OPTIMIZERS}, got '
                      f'{cfg.optimizer!r}.')
   schedule = normalized_schedule(cfg.steps, cfg.warmup_frac,
                                  cfg.final_lr_frac)
-  name = cfg.optimizer
   if name in optim_rows.ROWS:  # the paper's other rows (optim_rows.py)
     base = optim_rows.build(cfg, schedule, _sgg_kwargs(cfg))
   elif name.startswith('adam'):
@@ -94,7 +99,7 @@ def build_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
       base = optax.adamw(**adam)
     else:
       base = sgg_optax.adamw_sgg(
-        **adam, cluster_momentum=name == 'adam_sgg_momentum',
+        **adam, cluster_momentum=name.endswith('_sgg_momentum'),
         **_sgg_kwargs(cfg))
   else:
     af = dict(learning_rate=schedule, multiply_by_parameter_scale=False,

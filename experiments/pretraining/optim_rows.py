@@ -88,12 +88,15 @@ def _proj_gap(cfg: Any) -> int:
   return max(1, round(PROJ_GAP_FRAC * cfg.steps))
 
 
-def _dim(cfg: Any) -> tuple[int, int]:
-  """(width, query heads) of the run's model (as step.model_config)."""
+def _dim(cfg: Any) -> tuple[int, int, int]:
+  """(width, query heads, key/value heads) of the run's model (as
+  step.model_config)."""
   base = model_config.get_config(cfg.preset)
-  if cfg.dim:
-    return cfg.dim, max(1, cfg.dim // base.head_dim)
-  return base.dim, base.n_heads
+  if not cfg.dim:
+    return base.dim, base.n_heads, base.n_kv_heads
+  heads = max(1, cfg.dim // base.head_dim)
+  kv = heads if base.n_kv_heads == base.n_heads else max(1, heads // 2)
+  return cfg.dim, heads, kv
 
 
 def _kwargs(name: str, cfg: Any) -> dict[str, Any]:
@@ -119,9 +122,9 @@ def _kwargs(name: str, cfg: Any) -> dict[str, Any]:
     return out
   # sgg_optax's bases: what the run fixes; the rest are the library's
   # defaults (its authors'), read from the signature by `hyperparameters`.
-  dim, heads = _dim(cfg)
+  dim, heads, kv = _dim(cfg)
   return dict(weight_decay=wd, update_proj_gap=_proj_gap(cfg),
-              rank=max(1, dim // 4), n_heads=heads, num_heads=heads)
+              rank=max(1, dim // 4), num_heads=heads, num_kv_heads=kv)
 
 
 def _library(name: str, attr: str, cluster_momentum: bool | None = None

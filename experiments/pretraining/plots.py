@@ -14,10 +14,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 _COLORS = {
-  'adam': 'tab:blue', 'adam_sgg': 'tab:orange',
+  'adam': 'tab:blue', 'adam_sgg_update': 'tab:orange',
   'adam_sgg_momentum': 'tab:red', 'adafactor': 'tab:green',
-  'adafactor_sgg': 'tab:olive',
+  'adafactor_sgg_update': 'tab:olive',
 }
+_COLORS.update(adam_sgg=_COLORS['adam_sgg_update'],  # deprecated names
+               adafactor_sgg=_COLORS['adafactor_sgg_update'])
 
 
 def _save(fig: plt.Figure, path: str | pathlib.Path) -> str:

@@ -1,7 +1,9 @@
 """Pre-training experiments: Adam/Adafactor with and without SGG, tuned."""
 
 # Run `python -m experiments.pretrain --help`. With no flags it runs the
-# reduced experiment 1 (five optimizers, each with its own learning rate
+# reduced experiment 1 (five optimizers: Adam, Adam+SGG in the update and the
+# momentum form, Adafactor, Adafactor+SGG in the update form, each with its
+# own learning rate
 # tuned on dev, then three seeds reported on test) on the ~0.6M-parameter
 # `tiny` LLaMA and BBC News, prints a perplexity table and writes JSON,
 # tables and PNGs to runs/pretrain/. Experiments (`--experiment`):
@@ -71,12 +73,16 @@ from experiments.pretraining.compare import (
 from experiments.pretraining.config import (
   LABELS,
   MAIN_OPTIMIZERS,
-  OPTIMIZERS,
   SGG_OPTIMIZERS,
   TrainConfig,
   add_config_args,
+  canonical,
   config_from_args,
+  never_refreshes,
+  optimizer_name,
+  warn_deprecated,
 )
+from experiments.pretraining.deprecation import deprecated_flag
 from experiments.pretraining.distributed import init_distributed
 from experiments.pretraining.robustness import robustness, robustness_table
 from experiments.pretraining.runner import (
@@ -91,6 +97,7 @@ from experiments.pretraining.train_cli import (
 )
 
 PAPER_LRS = (1e-2, 5e-3, 1e-3, 5e-4)
+T_FRAC = 0.05  # SGG's default T, as a fraction of the run
 # The main job's grid: factors of 2 around the optimum of earlier runs at
 # this scale; an optimum at either end extends it (`tune_lr`).
 DEFAULT_LRS = (2.5e-3, 5e-3, 1e-2)
@@ -130,9 +137,11 @@ def stored_compare(argv: Sequence[str] = ()) -> tuple[str, dict[str, Any]]:
 
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
+    prog='python -m experiments.pretrain',
     description=__doc__,
     epilog='Model, data and optimizer flags set the shared configuration; '
-           'the defaults are the ~10-15 minute CPU main job.',
+           'the defaults are the CPU main job (its run time on several CPUs: '
+           'docs/pretraining.md).',
     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
   parser.add_argument('--experiment', default='compare',
                       choices=('compare', 'robustness', 'ablations', 'scales',
@@ -141,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument('--out', default='runs/pretrain',
                       help='results directory')
   parser.add_argument('--optimizers', default=','.join(MAIN_OPTIMIZERS),
-                      type=cli.comma_list(cli.choice(OPTIMIZERS)),
+                      type=cli.comma_list(optimizer_name),
                       help='comma-separated optimizers for `compare` '
                            '(their Adam-family ones for `robustness`)')
   parser.add_argument('--lrs', default=list(DEFAULT_LRS),
@@ -161,10 +170,19 @@ def build_parser() -> argparse.ArgumentParser:
                       default=TUNE_SEED,
                       help='seed of the tuning runs (--tune seed); must not '
                            'be a reported seed')
-  parser.add_argument('--t-frac', type=cli.unit_interval, default=0.05,
-                      help="SGG's T as a fraction of the run (the paper's "
-                           "'5%% of the total iterations'); 0: use "
-                           '--recluster-interval')
+  parser.add_argument('--recluster-interval-frac', type=cli.unit_interval,
+                      default=None, dest='t_frac',
+                      help=f"SGG's T as a fraction of the run (default "
+                           f"{T_FRAC:g}: the paper's '5%% of the total "
+                           "iterations'); 0: T = --recluster-interval")
+  parser.add_argument('--recluster-interval', type=cli.positive_int,
+                      default=None,
+                      help="SGG's T in steps, the same for every run (not "
+                           'with --recluster-interval-frac); before step T '
+                           'every scale is 1 (default: '
+                           '--recluster-interval-frac of each run)')
+  deprecated_flag(parser, '--t-frac', '--recluster-interval-frac',
+                  dest='t_frac', type=cli.unit_interval)
   parser.add_argument('--lr-multipliers', default=[1.0, 3.0, 10.0, 30.0],
                       type=cli.comma_list(cli.positive_float),
                       help='robustness: multiples of the tuned Adam LR')
@@ -197,7 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument('--progress', action=argparse.BooleanOptionalAction,
                       default=True, help='progress bars')
   add_config_args(parser, DEFAULTS,
-                  skip=('optimizer', 'lr', 'seed', 'ckpt_dir', 'ckpt_every'))
+                  skip=('optimizer', 'lr', 'seed', 'ckpt_dir', 'ckpt_every',
+                        'recluster_interval'))
   add_distributed_args(parser)
   table_cli.add_args(parser)
   return parser
@@ -223,8 +242,15 @@ def _settings(parser: argparse.ArgumentParser, args: argparse.Namespace,
   """The shared configuration and the experiments' settings, validated
   (``check``: also against the devices and the corpus)."""
   base = config_from_args(args, DEFAULTS)
+  t_frac = T_FRAC if args.t_frac is None else args.t_frac
+  if args.recluster_interval is not None:
+    if t_frac and args.t_frac is not None:
+      parser.error('argument --recluster-interval: not allowed with '
+                   '--recluster-interval-frac above 0 (give T one way)')
+    base, t_frac = base.replace(
+      recluster_interval=args.recluster_interval), 0.0
   s = dict(optimizers=args.optimizers, lrs=args.lrs, seeds=args.seeds,
-           mults=args.lr_multipliers, t_frac=args.t_frac,
+           mults=args.lr_multipliers, t_frac=t_frac,
            batch_sizes=args.batch_sizes or [base.batch_size,
                                             4 * base.batch_size],
            robust_seeds=args.robustness_seeds,
@@ -233,7 +259,7 @@ def _settings(parser: argparse.ArgumentParser, args: argparse.Namespace,
   if args.smoke:
     base = base.replace(**SMOKE, recluster_interval=2, beta3=0.5)
     s.update(optimizers=[o for o in s['optimizers'] if o in (
-               'adam', 'adam_sgg')] or ['adam', 'adam_sgg'],
+               'adam', 'adam_sgg_update')] or ['adam', 'adam_sgg_update'],
              lrs=[1e-3, 3e-3], seeds=2, mults=[1.0, 30.0], t_frac=0.3,
              batch_sizes=[base.batch_size, 2 * base.batch_size],
              robust_seeds=1, ablation_seeds=1, max_extensions=0)
@@ -252,6 +278,7 @@ def _settings(parser: argparse.ArgumentParser, args: argparse.Namespace,
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   parser = build_parser()
   args = parser.parse_args(argv)
+  warn_deprecated(parser.prog, sys.argv[1:] if argv is None else argv)
   if args.from_runs:
     if args.experiment == 'c4_table':
       base, s = _settings(parser, args, check=False)
@@ -262,6 +289,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   init_distributed(args.coordinator, args.num_processes, args.process_id,
                    args.distributed)
   base, s = _settings(parser, args)
+  if s['t_frac'] == 0:
+    warning = never_refreshes(base.replace(optimizer='adam_sgg_update'))
+    if warning and any(o in SGG_OPTIMIZERS for o in s['optimizers']):
+      print(f'{parser.prog}: warning: {warning}', file=sys.stderr)
   t0 = time.time()
   out = pathlib.Path(args.out)
   if out.exists() and not out.is_dir():
@@ -308,7 +339,7 @@ def _run_experiments(args: argparse.Namespace, base: TrainConfig,
   tuned = {}
   if compare_path.exists():
     summary = json.loads(compare_path.read_text())['summary']
-    tuned = {opt: v['lr'] for opt, v in summary.items()}
+    tuned = {canonical(opt): v['lr'] for opt, v in summary.items()}
   default_lr = args.base_lr or sorted(s['lrs'])[len(s['lrs']) // 2]
   if which in ('scales', 'all', 'compare'):
     _scale_plots(base, runner, out, tuned, s['t_frac'])
@@ -367,7 +398,7 @@ def _ablations(args: argparse.Namespace, base: TrainConfig,
                s: dict[str, Any], runner: Runner, out: pathlib.Path,
                show: Any, tuned: dict[str, float], default_lr: float
                ) -> dict[str, Any]:
-  lr = tuned.get('adam_sgg', default_lr)
+  lr = tuned.get('adam_sgg_update', default_lr)
   extra = b2_rows(base, runner, s['lrs'], s['ablation_seeds'], s['t_frac'],
                   args.tune_seed, s['max_extensions'], smoke=args.smoke)
   res = ablations(base, runner, lr, s['ablation_seeds'], s['t_frac'],

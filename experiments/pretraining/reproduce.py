@@ -17,10 +17,22 @@ JSONs:
   drifts, so bitwise equality cannot be expected. There it checks what can
   still be checked: the first ``--early-steps`` logged train losses within
   a relative ``--early-rtol`` (the same data, initialisation and first
-  updates), and the final dev and test losses within a relative
-  ``--final-rtol`` (2% of the loss by default: the same tiny run on two
-  CPUs of this project's machines ends well within it, a changed method
-  need not).
+  updates), and the final dev and test losses within ``--final-tol`` nats
+  of the recorded ones.
+
+The default ``--final-tol`` comes from the spread we measured across CPUs.
+Twelve runs of ``main_job_cpu`` (recorded on a 2-core Intel Xeon with
+avx512_fp16 and AMX), re-run on a 2-core AMD EPYC without AVX-512: Adam's
+runs came out bitwise; Adafactor's and the SGG runs at the tuned learning
+rate 2.5e-3 ended at most 0.015 nats from the recorded final dev and test
+loss; the update form at 1e-2, the largest rate of the grid, 0.069 nats.
+The default, 0.1 nats, is that largest difference with a margin. It is
+±10.5% in perplexity, more than some of the effects the tables judge
+(paired differences of a few percent, `claims_details.md`): one run re-run
+on another CPU can tell a working method from a broken one, not settle an
+effect of that size.
+The tables' verdicts rest on seed-paired runs made on one CPU, and the
+claims table states how far those moved on a second one.
 
 It exits 0 only when every re-run reproduces as well as this machine allows,
 and writes a report (``--report``) that says which runs reproduced, how, and
@@ -35,6 +47,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import pathlib
 import sys
 from collections.abc import Sequence
@@ -43,6 +56,10 @@ from typing import Any
 from experiments.common import cli, records
 from experiments.pretraining import loop
 from experiments.pretraining.config import TrainConfig
+
+# The final dev and test loss a re-run on another machine must come within,
+# in nats (the module docstring says where it comes from).
+FINAL_TOL = 0.1
 
 # The run JSON fields that are measurements of the run (times are not).
 METRICS = ('curves', 'dev_loss', 'test_loss', 'final_train_loss',
@@ -131,7 +148,7 @@ def _differences(want: Any, got: Any, where: str = '') -> list[str]:
 
 
 def compare(recorded: dict, new: dict, same_machine: bool, early_steps: int,
-            early_rtol: float, final_rtol: float) -> dict[str, Any]:
+            early_rtol: float, final_tol: float) -> dict[str, Any]:
   """How a re-run compares with its recorded JSON."""
   fresh = json.loads(json.dumps({k: new.get(k) for k in METRICS},
                                 default=records.json_default))
@@ -142,8 +159,8 @@ def compare(recorded: dict, new: dict, same_machine: bool, early_steps: int,
       abs(a - b) <= early_rtol * abs(a) for a, b in zip(want, got)))
   finals = {k: [recorded.get(k), fresh.get(k)]
             for k in ('dev_loss', 'test_loss')}
-  close = all(a is not None and b is not None
-              and abs(a - b) <= final_rtol * abs(a) for a, b in finals.values())
+  close = all(a is not None and b is not None and abs(a - b) <= final_tol
+              for a, b in finals.values())
   if same_machine:
     verdict = 'bitwise' if not diffs else 'differs'
   else:
@@ -151,11 +168,11 @@ def compare(recorded: dict, new: dict, same_machine: bool, early_steps: int,
   return {'verdict': verdict, 'reproduces': verdict != 'differs',
           'same_machine': same_machine, 'differences': diffs[:20],
           'n_differences': len(diffs), 'early_losses': [want, got],
-          'final': finals}
+          'early_close': early, 'final_close': close, 'final': finals}
 
 
 def reproduce(folder: pathlib.Path, n: int, early_steps: int,
-              early_rtol: float, final_rtol: float, progress: bool
+              early_rtol: float, final_tol: float, progress: bool
               ) -> dict[str, Any]:
   """Re-runs ``n`` runs of ``folder``; returns the report."""
   runs = run_jsons(folder)
@@ -169,7 +186,7 @@ def reproduce(folder: pathlib.Path, n: int, early_steps: int,
     new = loop.train(cfg, progress=progress, desc=path.stem, argv=[])
     there = recorded_machine(run)
     row = compare(run, new, there == here, early_steps, early_rtol,
-                  final_rtol)
+                  final_tol)
     row.update(run=str(path), optimizer=cfg.optimizer,
                recorded_commit=run['provenance'].get('git_commit'),
                recorded_machine=there)
@@ -178,8 +195,17 @@ def reproduce(folder: pathlib.Path, n: int, early_steps: int,
   return {'folder': str(folder), 'machine': here,
           'commit': commit, 'dirty': dirty,
           'early_steps': early_steps, 'early_rtol': early_rtol,
-          'final_rtol': final_rtol,
+          'final_tol': final_tol,
           'runs': rows, 'reproduces': all(r['reproduces'] for r in rows)}
+
+
+def tolerances(report: dict[str, Any]) -> str:
+  """What a re-run on another machine is checked against, in words."""
+  tol = report['final_tol']
+  return (f'its first {report["early_steps"]} logged train losses within a '
+          f'relative {report["early_rtol"]:g} of the recorded ones, and its '
+          f'final dev and test loss within ±{tol:g} nats (±'
+          f'{math.expm1(tol):.1%} in perplexity)')
 
 
 def summary(report: dict[str, Any]) -> str:
@@ -189,23 +215,34 @@ def summary(report: dict[str, Any]) -> str:
            f"{m['cpu']['model']} ({m['cpu_affinity']} usable cores, jax "
            f"{m['jax']})"]
   for r in report['runs']:
-    how = {'bitwise': 'reproduces bitwise (same CPU, cores and jax)',
-           'close': (f'reproduces within tolerance: its first '
-                     f'{report["early_steps"]} train losses within '
-                     f'{report["early_rtol"]:g}, dev and test loss within '
-                     f'{report["final_rtol"]:g} (recorded on another CPU, '
-                     'core count or jax, where bitwise is not expected)'),
-           'differs': 'DOES NOT REPRODUCE'}[r['verdict']]
+    if r['verdict'] == 'bitwise':
+      how = ('reproduces bitwise: every metric of the run JSON, on the CPU, '
+             'core count and jax it was recorded on')
+    elif r['same_machine']:
+      how = ('DOES NOT REPRODUCE: recorded on this CPU, core count and '
+             'jax, where every metric must be bitwise, and some differ')
+    else:
+      checked = (f'recorded on another CPU, core count or jax (bitwise is '
+                 f'expected only on the same); checked: {tolerances(report)}')
+      failed = [name for name, ok in (
+          ('the first train losses', r['early_close']),
+          ('the final losses', r['final_close'])) if not ok]
+      how = (f'reproduces within tolerance: {checked}' if not failed else
+             f'DOES NOT REPRODUCE ({" and ".join(failed)} out of '
+             f'tolerance): {checked}')
     lines.append(f"  {pathlib.Path(r['run']).name}: {how}")
-    if r['verdict'] == 'differs':
+    if r['verdict'] == 'differs' and r['same_machine']:
       lines += [f'    {d}' for d in r['differences'][:5]]
     for key, (want, got) in r['final'].items():
-      lines.append(f'    {key}: recorded {want}, now {got}')
+      diff = ('' if want is None or got is None
+              else f' ({got - want:+.4f} nats)')
+      lines.append(f'    {key}: recorded {want}, now {got}{diff}')
   return '\n'.join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
   parser = argparse.ArgumentParser(
+      prog='python -m experiments.reproduce',
       description=__doc__.split('\n\n')[0],
       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
   parser.add_argument('folder', type=pathlib.Path,
@@ -217,20 +254,22 @@ def main(argv: Sequence[str] | None = None) -> int:
                       help='logged train losses compared on another CPU')
   parser.add_argument('--early-rtol', type=float, default=1e-4,
                       help='their relative tolerance')
-  parser.add_argument('--final-rtol', type=float, default=0.02,
-                      help='relative tolerance of the final dev and test '
-                      'losses on another CPU')
+  parser.add_argument('--final-tol', type=float, default=FINAL_TOL,
+                      help='the largest difference of the final dev and '
+                      'test loss, in nats, accepted on another CPU, core '
+                      'count or jax (the default: from the spread measured '
+                      'across CPUs, see the module docstring)')
   parser.add_argument('--report', type=pathlib.Path, default=None,
                       help='write the report JSON here')
   parser.add_argument('--no-progress', action='store_true')
   args = parser.parse_args(argv)
   if not args.folder.is_dir():
     parser.error(f'{args.folder} is not a folder')
-  if not (args.early_rtol >= 0 and args.final_rtol >= 0):
-    parser.error('--early-rtol and --final-rtol must be >= 0')
+  if not (args.early_rtol >= 0 and args.final_tol >= 0):
+    parser.error('--early-rtol and --final-tol must be >= 0')
   try:
     report = reproduce(args.folder, args.runs, args.early_steps,
-                       args.early_rtol, args.final_rtol,
+                       args.early_rtol, args.final_tol,
                        not args.no_progress)
   except ValueError as e:
     parser.error(str(e))

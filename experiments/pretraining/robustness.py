@@ -25,7 +25,7 @@ def robustness(base: TrainConfig, runner: Runner, optimizers: Sequence[str],
   Args:
     base: shared configuration (its steps x batch size fix the tokens).
     runner: the run cache.
-    optimizers: optimizer names (e.g. adam, adam_sgg).
+    optimizers: optimizer names (e.g. adam, adam_sgg_update).
     base_lr: the tuned learning rate the grid multiplies.
     multipliers: LR multiples.
     batch_sizes: global batch sizes.

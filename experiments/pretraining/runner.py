@@ -21,7 +21,7 @@ import numpy as np
 from experiments.common import records
 from experiments.pretraining import loop
 from experiments.pretraining import streams as streams_lib
-from experiments.pretraining.config import TrainConfig
+from experiments.pretraining.config import TrainConfig, canonical
 
 
 def _recluster(cfg: TrainConfig, t_frac: float) -> TrainConfig:
@@ -114,6 +114,7 @@ class StoredRuns(Runner):
   A run is found by its configuration (the stored one's fields), whatever
   code wrote it, so `compare` rebuilds a committed folder's table from its
   run JSONs (`--from-runs`); a configuration with no run JSON is an error.
+  An optimizer matches under any of its names (`config.DEPRECATED`).
   """
 
   def __init__(self, out: pathlib.Path):
@@ -123,8 +124,11 @@ class StoredRuns(Runner):
 
   def run(self, cfg: TrainConfig) -> dict[str, Any]:
     want = dataclasses.asdict(cfg)
+    want['optimizer'] = canonical(cfg.optimizer)
     for result in self._stored:
-      if all(want.get(k) == v for k, v in result['config'].items()):
+      stored = dict(result['config'])
+      stored['optimizer'] = canonical(stored['optimizer'])
+      if all(want.get(k) == v for k, v in stored.items()):
         self.n_reused += 1
         return result
     raise LookupError(f'no run JSON in {self.out}/runs for {_tag(cfg)}')

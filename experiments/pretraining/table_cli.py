@@ -22,21 +22,15 @@ from experiments.pretraining.c4_table import (
   c4_title,
   default_rank,
 )
-from experiments.pretraining.config import OPTIMIZERS, TrainConfig
+from experiments.pretraining.config import TrainConfig, optimizer_name
 from experiments.pretraining.robustness import breaking, breaking_table
 from experiments.pretraining.runner import Runner, StoredRuns
 
 Show = Callable[[str, str], None]
 
 
-def _known(*names: str) -> str:
-  """The first of ``names`` that is an optimizer here (renamed names)."""
-  return next(n for n in names if n in OPTIMIZERS)
-
-
-BREAKING_OPTIMIZERS = (
-  'adam', _known('adam_sgg_update', 'adam_sgg'), 'adam_sgg_momentum', 'lamb',
-  'lamb_sgg_momentum')
+BREAKING_OPTIMIZERS = ('adam', 'adam_sgg_update', 'adam_sgg_momentum',
+                       'lamb', 'lamb_sgg_momentum')
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -55,7 +49,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                       "paper's ratio")
   g.add_argument('--breaking-optimizers',
                  default=list(BREAKING_OPTIMIZERS),
-                 type=cli.comma_list(cli.choice(OPTIMIZERS)),
+                 type=cli.comma_list(optimizer_name),
                  help='breaking: the optimizers; the first (Adam) decides '
                       'how far the learning rate goes')
   g.add_argument('--breaking-multipliers',

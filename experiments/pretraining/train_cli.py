@@ -24,6 +24,8 @@ from experiments.pretraining.config import (
   TrainConfig,
   add_config_args,
   config_from_args,
+  never_refreshes,
+  warn_deprecated,
 )
 from experiments.pretraining.distributed import init_distributed, parse_mesh
 from experiments.pretraining.loop import train
@@ -82,13 +84,58 @@ def check_config(parser: argparse.ArgumentParser, cfg: TrainConfig,
       parser.error(f'argument --ckpt-dir: {e}')
 
 
+# The command's defaults: SGG's scales move within the default run (T is
+# 5% of it, `T_FRAC`, and beta3 0.9, as in the committed experiments).
+DEFAULTS = TrainConfig(beta3=0.9)
+T_FRAC = 0.05
+
+
+def add_interval_args(parser: argparse.ArgumentParser) -> None:
+  """SGG's T, in steps or as a fraction of the run (`resolve_interval`)."""
+  parser.add_argument(
+    '--recluster-interval', type=cli.positive_int, default=None,
+    help="SGG's T in steps: clusters and scales refresh at steps T, 2T, "
+         '...; before step T every scale is 1 (default: '
+         '--recluster-interval-frac of --steps)')
+  parser.add_argument(
+    '--recluster-interval-frac', type=cli.float_in(0.0, 1.0, low_open=True),
+    default=None,
+    help=f"SGG's T as a fraction of --steps, rounded, at least 1 (default "
+         f"{T_FRAC:g}: the paper's '5%% of the total iterations'); not with "
+         '--recluster-interval')
+
+
+def resolve_interval(parser: argparse.ArgumentParser,
+                     args: argparse.Namespace, cfg: TrainConfig
+                     ) -> TrainConfig:
+  """``cfg`` with T from `add_interval_args`'s flags."""
+  if args.recluster_interval is not None:
+    if args.recluster_interval_frac is not None:
+      parser.error('argument --recluster-interval-frac: not allowed with '
+                   '--recluster-interval (give T one way)')
+    return cfg.replace(recluster_interval=args.recluster_interval)
+  frac = args.recluster_interval_frac or T_FRAC
+  return cfg.replace(recluster_interval=max(1, round(frac * cfg.steps)))
+
+
+def default_out(cfg: TrainConfig) -> pathlib.Path:
+  """The results JSON's default path, named after the run."""
+  return pathlib.Path('runs/train') / (
+    f'{cfg.preset}_{cfg.optimizer}_lr{cfg.lr:g}_steps{cfg.steps}_'
+    f's{cfg.seed}.json')
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
-    description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-  add_config_args(parser)
+    prog='python -m experiments.train', description=__doc__,
+    formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+  add_config_args(parser, DEFAULTS, skip=('recluster_interval',))
+  add_interval_args(parser)
   add_distributed_args(parser)
-  parser.add_argument('--out', default='runs/train/result.json',
-                      help='results JSON path')
+  parser.add_argument('--out', default=None,
+                      help='results JSON path (default: runs/train/'
+                           '<preset>_<optimizer>_lr<lr>_steps<steps>_'
+                           's<seed>.json)')
   parser.add_argument('--smoke', action='store_true',
                       help='a few steps of a tiny model (CI)')
   parser.add_argument('--progress', action=argparse.BooleanOptionalAction,
@@ -99,13 +146,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   parser = build_parser()
   args = parser.parse_args(argv)
+  warn_deprecated(parser.prog, sys.argv[1:] if argv is None else argv)
   init_distributed(args.coordinator, args.num_processes, args.process_id,
                    args.distributed)
-  cfg = config_from_args(args)
+  cfg = resolve_interval(parser, args, config_from_args(args, DEFAULTS))
   if args.smoke:
     cfg = cfg.replace(**SMOKE)
   check_config(parser, cfg)
-  out = pathlib.Path(args.out)
+  warning = never_refreshes(cfg)
+  if warning and jax.process_index() == 0:
+    print(f'{parser.prog}: warning: {warning}', file=sys.stderr)
+  out = pathlib.Path(args.out) if args.out else default_out(cfg)
   if out.is_dir():
     parser.error(f'argument --out: {out} is a directory; give a file path')
   result = train(cfg, out=out, progress=args.progress,
@@ -113,9 +164,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                        *(sys.argv[1:] if argv is None else argv)])
   if jax.process_index() == 0:
     ppl, dev = result['test_ppl'], result['dev_loss']
+    diag = result['curves']['sgg']
+    sgg = (f', SGG max |S-1| {diag[-1]["max_abs_dev"]:.3f} at the end'
+           if diag else '')
     print(f'{cfg.optimizer} lr={cfg.lr:g}: dev loss '
           f'{"-" if dev is None else f"{dev:.4f}"}, '
-          f'test ppl {"diverged" if ppl is None else f"{ppl:.2f}"} '
+          f'test ppl {"diverged" if ppl is None else f"{ppl:.2f}"}{sgg} '
           f'({result["tokens_per_s"]:,.0f} tok/s, '
-          f'{result["wall_time_s"]:.0f} s) -> {args.out}')
+          f'{result["wall_time_s"]:.0f} s) -> {out}')
   return result

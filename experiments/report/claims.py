@@ -82,7 +82,8 @@ def claims_table(rows: Sequence[Row]) -> str:
       f'reported); the interval is a Student t interval with n − 1 degrees '
       f'of freedom, mean ± t·sd/√n (n = {n}: t = {T975[n - 1]}). Negative '
       'PPL or loss favours SGG, as does positive accuracy (in points). '
-      '"momentum" is the paper\'s Algorithm 1, "chain" clusters Adam\'s '
+      '"momentum" is the paper\'s Algorithm 1 (it clusters Adam\'s first '
+      'moment), "update" clusters Adam\'s '
       'update. (1/112): our share of the tokens of the paper\'s 60M run. '
       'The CPU results reproduce bitwise only on the same instruction set '
       'and core count: on a second CPU (with another order of the SGG '
@@ -174,6 +175,7 @@ def pasted(readme: str) -> str:
 
 def main(argv: Sequence[str] | None = None) -> None:
   parser = argparse.ArgumentParser(
+      prog='python -m experiments.claims',
       description=__doc__.split('\n\n')[0],
       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
   parser.add_argument('--results', type=pathlib.Path, default=RESULTS,

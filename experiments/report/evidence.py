@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from experiments.pretraining.config import canonical
+
 SEEDS = (0, 1, 2)
 TUNING_SEED = 100
 
@@ -33,8 +35,8 @@ T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447,
 # another order than e3e55a6 (the same distribution), so the SGG arms'
 # shifts are the CPU and the draw together: how far the mean moves under
 # changes that should not matter.
-OTHER_CPU_MEAN_PPL = {'adam_sgg': 505.19, 'adam_sgg_momentum': 482.46,
-                      'adafactor': 302.66, 'adafactor_sgg': 337.32}
+OTHER_CPU_MEAN_PPL = {'adam_sgg_update': 505.19, 'adam_sgg_momentum': 482.46,
+                      'adafactor': 302.66, 'adafactor_sgg_update': 337.32}
 # Test losses of one GPU run (3x and 10x Adam's LR) repeated in three
 # processes differed by up to this much
 # (experiments/results/h100_60m/robustness/replicates.md, from its logs).
@@ -63,9 +65,11 @@ def _runs(root: pathlib.Path, folder: str) -> tuple[dict[str, Any], ...]:
 
 def _field(run: dict[str, Any], key: str) -> Any:
   """A run's setting: in its ``config`` (pre-training) or at the top
-  level (fine-tuning)."""
+  level (fine-tuning). An optimizer is named by its current name, also
+  where the run recorded a deprecated one (`config.DEPRECATED`)."""
   config = run.get('config', {})
-  return config[key] if key in config else run.get(key, _MISSING)
+  value = config[key] if key in config else run.get(key, _MISSING)
+  return canonical(value) if key == 'optimizer' else value
 
 
 def pick(root: pathlib.Path, folder: str, seeds: Sequence[int] = SEEDS,

@@ -5,12 +5,9 @@ from typing import Any
 import jax.numpy as jnp
 import optax
 
-from sgg_optax._src.transform import (
-    MaskOrFn,
-    SGGTransformation,
-    _with_refresh,
-    with_sgg,
-)
+from sgg_optax._src.config import MaskOrFn
+from sgg_optax._src.state import SGGTransformation, with_refresh
+from sgg_optax._src.transform import with_sgg
 
 _SGG_ARGS_DOC = """
     num_clusters: SGG's ``K`` (see :func:`~sgg_optax.sgg`).
@@ -54,7 +51,7 @@ def _chain(part: SGGTransformation, *rest: optax.GradientTransformation
            ) -> SGGTransformation:
   """``optax.chain(part, *rest)``, with ``part``'s refresh (which finds its
   state inside the chain's)."""
-  return _with_refresh(optax.chain(part, *rest), part.refresh)
+  return with_refresh(optax.chain(part, *rest), part.refresh)
 
 
 def adamw_sgg(
@@ -79,7 +76,7 @@ def adamw_sgg(
     clamp: tuple[float, float] = (0.1, 10.0),
     clamp_order: str | None = None,
     sgg_eps: float = 1e-8,
-    kmeans_iters: int = 10,
+    kmeans_iters: int | None = None,
     sample_size: int = 4096,
     assignment: str = 'frozen',
     cluster_decay: float = 0.95,
@@ -149,7 +146,7 @@ def lamb_sgg(
     clamp: tuple[float, float] = (0.1, 10.0),
     clamp_order: str | None = None,
     sgg_eps: float = 1e-8,
-    kmeans_iters: int = 10,
+    kmeans_iters: int | None = None,
     sample_size: int = 4096,
     assignment: str = 'frozen',
     cluster_decay: float = 0.95,
@@ -225,7 +222,7 @@ def adafactor_sgg(
     clamp: tuple[float, float] = (0.1, 10.0),
     clamp_order: str | None = None,
     sgg_eps: float = 1e-8,
-    kmeans_iters: int = 10,
+    kmeans_iters: int | None = None,
     sample_size: int = 4096,
     assignment: str = 'frozen',
     cluster_decay: float = 0.95,

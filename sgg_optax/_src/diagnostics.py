@@ -7,7 +7,8 @@ import jax
 import numpy as np
 import optax
 
-from sgg_optax._src import transform
+from sgg_optax._src import config
+from sgg_optax._src.state import SGGState
 
 
 class ClusterSummary(NamedTuple):
@@ -86,7 +87,7 @@ def group_names(params: optax.Params, *, mask: Any = None,
     Li et al., `Taming LLMs by Scaling Learning Rates with Gradient Grouping
     <https://arxiv.org/abs/2506.01049>`_, ACL 2025.
   """
-  layouts = transform.layer_layouts(params, mask=mask,
+  layouts = config.layer_layouts(params, mask=mask,
                                     stacked_layers=stacked_layers)
   paths = [p for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
   names = []
@@ -104,7 +105,7 @@ def _unwrap(x: Any) -> Any:
   return x.get_value() if hasattr(x, 'get_value') else x
 
 
-def find_sgg_states(opt_state: Any) -> list[transform.SGGState]:
+def find_sgg_states(opt_state: Any) -> list[SGGState]:
   """All :class:`SGGState` nested in an optimizer state, in tree order.
 
   Args:
@@ -128,7 +129,7 @@ def find_sgg_states(opt_state: Any) -> list[transform.SGGState]:
   """
   found = []
   def visit(x):
-    if isinstance(x, transform.SGGState):
+    if isinstance(x, SGGState):
       found.append(x)
       return True
     return False

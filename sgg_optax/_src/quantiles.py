@@ -18,13 +18,13 @@ _ROUNDS = 32  # the keys span at most 2**32 values
 _FLIP = 0x7FFFFFFF
 
 
-def _key(x: jax.Array) -> jax.Array:
+def key(x: jax.Array) -> jax.Array:
   """int32 keys with the order of the float32 values."""
   bits = jax.lax.bitcast_convert_type(x.astype(jnp.float32), jnp.int32)
   return jnp.where(bits >= 0, bits, bits ^ jnp.int32(_FLIP))
 
 
-def _value(key: jax.Array) -> jax.Array:
+def value(key: jax.Array) -> jax.Array:
   bits = jnp.where(key >= 0, key, key ^ jnp.int32(_FLIP))
   return jax.lax.bitcast_convert_type(bits, jnp.float32)
 
@@ -63,7 +63,7 @@ def _bisect(key: jax.Array, live: jax.Array,
 
   _, hi = jax.lax.fori_loop(0, _ROUNDS, step, (lo, hi))
   found = jnp.any(live, -1, keepdims=True) & reaches(hi)
-  return jnp.where(found, _value(hi), jnp.nan)
+  return jnp.where(found, value(hi), jnp.nan)
 
 
 def quantiles(x: jax.Array, weights: jax.Array, target: jax.Array,
@@ -87,13 +87,13 @@ def quantiles(x: jax.Array, weights: jax.Array, target: jax.Array,
   Returns:
     ``(R, C)`` float32 values; NaN where no value reaches the target.
   """
-  key = _key(x)
+  keys = key(x)
 
   def weight_below(mid):
-    return jnp.sum(jnp.where(key[:, None, :] <= mid[:, :, None],
+    return jnp.sum(jnp.where(keys[:, None, :] <= mid[:, :, None],
                              weights[:, None, :], 0.0), -1)
 
-  return _bisect(key, weights > 0, weight_below,
+  return _bisect(keys, weights > 0, weight_below,
                  jnp.asarray(target, jnp.float32), strict)
 
 
@@ -123,7 +123,7 @@ def cluster_medians(x: jax.Array, ids: jax.Array, valid: jax.Array,
   Returns:
     ``(G, K)`` exact medians, as ``np.median`` of each cluster's values.
   """
-  key = _key(x)
+  keys = key(x)
   # columns: the K lower middles, then the K upper middles
   column = jnp.tile(jnp.arange(num_clusters, dtype=ids.dtype), 2)
   count = jnp.sum((ids[:, None, :] == column[None, :num_clusters, None])
@@ -131,12 +131,12 @@ def cluster_medians(x: jax.Array, ids: jax.Array, valid: jax.Array,
 
   def weight_below(mid):
     member = (ids[:, None, :] == column[None, :, None]) & valid[:, None, :]
-    return jnp.sum(member & (key[:, None, :] <= mid[..., None]), -1,
+    return jnp.sum(member & (keys[:, None, :] <= mid[..., None]), -1,
                    dtype=jnp.float32)
 
   target = jnp.concatenate([jnp.floor((count + 1) / 2), jnp.floor(count / 2)],
                            -1)
   strict = jnp.arange(2 * num_clusters) >= num_clusters
-  both = _bisect(key, valid, weight_below, target, strict)
+  both = _bisect(keys, valid, weight_below, target, strict)
   lower, upper = both[:, :num_clusters], both[:, num_clusters:]
   return jnp.where(count > 0, 0.5 * (lower + upper), jnp.nan)

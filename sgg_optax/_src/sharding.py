@@ -26,7 +26,7 @@ import jax
 import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
-from sgg_optax._src import transform
+from sgg_optax._src.state import SGGState
 
 InitFn = Callable[[optax.Params], optax.OptState]
 SpecLike = PartitionSpec | NamedSharding | None
@@ -137,13 +137,13 @@ def state_partition_specs(
 def _sgg_ids_flags(state: optax.OptState) -> optax.OptState:
   """A tree like ``state``: True on the ids of every :class:`SGGState`."""
   def flag(node):
-    if isinstance(node, transform.SGGState):
-      return transform.SGGState(*(
+    if isinstance(node, SGGState):
+      return SGGState(*(
           jax.tree.map(lambda _, f=(name == 'ids'): f, getattr(node, name))
-          for name in transform.SGGState._fields))
+          for name in SGGState._fields))
     return False
   return jax.tree.map(flag, state,
-                      is_leaf=lambda x: isinstance(x, transform.SGGState))
+                      is_leaf=lambda x: isinstance(x, SGGState))
 
 
 def state_shardings(
@@ -259,9 +259,9 @@ def ids_to_device(state: optax.OptState) -> optax.OptState:
     <https://arxiv.org/abs/2506.01049>`_, ACL 2025.
   """
   def visit(node):
-    if isinstance(node, transform.SGGState):
+    if isinstance(node, SGGState):
       return node._replace(ids=jax.tree.map(
           lambda x: jax.device_put(x, jax.memory.Space.Device), node.ids))
     return node
   return jax.tree.map(visit, state,
-                      is_leaf=lambda x: isinstance(x, transform.SGGState))
+                      is_leaf=lambda x: isinstance(x, SGGState))

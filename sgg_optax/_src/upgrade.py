@@ -4,7 +4,7 @@ from typing import Any
 
 import numpy as np
 
-from sgg_optax._src import transform
+from sgg_optax._src.state import SGGState
 
 # SGGState fields that 0.1.x kept as one small array per grouped parameter
 # (a tuple; a list once restored without a target) and 0.2 keeps as one
@@ -62,7 +62,7 @@ def _walk(raw: Any, target: Any, path: str) -> Any:
     fields = raw._asdict() if hasattr(raw, '_asdict') else raw
     if not isinstance(fields, dict) or set(fields) != set(target._fields):
       raise _fail(path, f'expected the fields of {type(target).__name__}')
-    sgg = isinstance(target, transform.SGGState)
+    sgg = isinstance(target, SGGState)
     return type(target)(**{
         name: (_rows if sgg and name in _PER_LAYER else _walk)(
             fields[name], getattr(target, name), f'{path}.{name}')

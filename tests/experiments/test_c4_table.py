@@ -31,7 +31,7 @@ LRS = [2.5e-3, 5e-3, 1e-2]
 # Test PPL of seeds 0, 1, 2 per (optimizer, LoRA rank); others: 300 + seed.
 PPL = {('adam', 0): [100.0, 110.0, 120.0],
        ('adam_sgg_momentum', 0): [95.0, 108.0, 111.0],
-       ('adam_sgg', 0): [101.0, 113.0, 121.0],
+       ('adam_sgg_update', 0): [101.0, 113.0, 121.0],
        ('adam', 8): [200.0, 210.0, 190.0],
        ('adam_sgg_momentum', 8): [190.0, 200.0, 185.0]}
 BEST_LR = {'lamb': 1.0}  # others: 5e-3, inside the grid

@@ -35,9 +35,9 @@ PRETRAINING = ('main_job_cpu', 'cpu_tiny_robustness_ablations',
 FINETUNING = ('finetune_cls',)
 CURRENT = PRETRAINING + FINETUNING
 # ... and those run under the current method by an earlier code version
-# that could not be re-run here (a GPU run: no GPU was lent since; the
-# fine-tuning sweep: its SGG arms take some 3 h on this CPU); the results
-# README labels them with their commit.
+# that was not re-run (a GPU run: no GPU measurement at this version; the
+# fine-tuning sweep: its SGG arms take some 3 h on a 2-core CPU); the
+# results README labels them with their commit.
 EARLIER_CODE = ('h100_60m', 'finetune')
 
 PROVENANCE = ('git_commit', 'dirty', 'command', 'sgg_optax_source_sha256',
@@ -94,7 +94,7 @@ def test_every_run_json_carries_the_schema(folder):
     if not run.get('diverged', False):
       assert run['test_loss'] is not None, where
     assert run['eval_span'] >= 0.9, where
-    if (_optimizer(run) or '').endswith(('_sgg', '_sgg_momentum')):
+    if '_sgg' in (_optimizer(run) or ''):
       assert 0.0 <= run['clamped_fraction'] <= 1.0, where
   versions = {_code_version(run) for _, run in runs}
   assert len(versions) == 1, f'{folder} mixes code versions: {versions}'
@@ -133,5 +133,4 @@ def test_pretraining_folder_reproduces_at_head(folder, tmp_path):
       cwd=ROOT, env=env, capture_output=True, text=True, check=False)
   assert proc.returncode == 0, proc.stdout + proc.stderr
   (row,) = json.loads(report.read_text())['runs']
-  assert row['reproduces'] and row['optimizer'].endswith(
-      ('_sgg', '_sgg_momentum')), row
+  assert row['reproduces'] and '_sgg' in row['optimizer'], row

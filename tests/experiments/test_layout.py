@@ -119,3 +119,15 @@ def test_a_command_module_only_names_its_main(command):
   assert imports[0].module.split('.')[1] in PACKAGES
   assert all(isinstance(n, ast.Import | ast.ImportFrom | ast.If | ast.Expr)
              for n in tree.body)
+
+
+def test_every_command_names_itself_as_it_is_run():
+  """The usage line of every command reads ``python -m experiments.<name>``
+  (``prog=``), not the file that holds its parser."""
+  modules = _modules()
+  for name in COMMANDS:
+    command = modules[f'experiments.{name}']
+    (target,) = {t for t in _imports(f'experiments.{name}', command,
+                                     set(modules))}
+    source = modules[target].read_text()
+    assert f"prog='python -m experiments.{name}'" in source, (name, target)

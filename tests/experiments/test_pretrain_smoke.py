@@ -20,7 +20,8 @@ def _finite(x) -> bool:
 def test_train_smoke_on_a_data2_model2_mesh(tmp_path):
   assert jax.device_count() >= 4, 'conftest.py sets 8 fake CPU devices'
   out = tmp_path / 'result.json'
-  result = train_cli.main(['--smoke', '--optimizer', 'adam_sgg', '--mesh',
+  result = train_cli.main(['--smoke', '--optimizer', 'adam_sgg_update',
+                           '--mesh',
                            'data=2,model=2', '--out', str(out),
                            '--no-progress'])
   written = json.loads(out.read_text())
@@ -44,7 +45,7 @@ def test_pretrain_smoke_all_experiments(tmp_path, capsys):
     tmp_path / 'COMMAND.txt').read_text()
   for name in ('compare.json', 'robustness.json', 'ablations.json',
                'compare_curves.png', 'compare_lr_sweep.png',
-               'robustness_heatmap.png', 'scales_adam_sgg.png',
+               'robustness_heatmap.png', 'scales_adam_sgg_update.png',
                'ablations_scale_movement.png', 'tables_all.md'):
     assert (tmp_path / name).stat().st_size > 0, name
   compare = json.loads((tmp_path / 'compare.json').read_text())

@@ -14,7 +14,7 @@ def test_soak_smoke(tmp_path):
       '--steps', '30', '--recluster-interval', '5', '--ckpt-every', '10',
       '--rss-every', '5', '--window', '10', '--warmup', '10',
       '--tokenizer', 'bytes', '--batch-size', '2', '--seq-len', '16',
-      '--form', 'chain', '--out', str(tmp_path), '--no-progress'])
+      '--form', 'update', '--out', str(tmp_path), '--no-progress'])
   written = json.loads((tmp_path / 'soak.json').read_text())
   assert written['passed'] == result['passed']
   assert written['refreshes'] == 6

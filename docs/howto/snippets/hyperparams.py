@@ -18,7 +18,7 @@ tx = sgg_optax.adamw_sgg(schedule, recluster_interval=50)
 # eps) become state that can be changed between steps without recompiling.
 sgg = optax.inject_hyperparams(
     sgg_optax.sgg,
-    static_args=('num_clusters', 'kmeans_iters', 'sample_size', 'mask'))
+    static_args=('num_clusters', 'sample_size', 'mask'))
 tx = optax.chain(
     optax.scale_by_adam(),
     sgg(num_clusters=3, recluster_interval=2, beta3=0.9),
