@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from experiments.common import cli, corpora, model_config
-from experiments.pretraining import deprecation
+from experiments.pretraining import deprecation, optim_rows
 
 # SGG's two forms, in sgg_optax's words: the momentum form clusters the base
 # optimizer's first moment (`with_sgg(base)`, `adamw_sgg`'s default, the
@@ -23,6 +23,8 @@ from experiments.pretraining import deprecation
 # name ends in its form.
 OPTIMIZERS = ('adam', 'adam_sgg_update', 'adam_sgg_momentum', 'adafactor',
               'adafactor_sgg_update')
+MAIN_OPTIMIZERS = OPTIMIZERS  # the main job's arms
+OPTIMIZERS += optim_rows.NAMES  # the paper's other C4 rows (optim_rows.py)
 # Earlier spellings -> the same optimizer's name. Still accepted (committed
 # commands and run JSONs use them); the command lines say they are
 # deprecated (`deprecation_notes`).
@@ -37,6 +39,7 @@ LABELS = {
   'adafactor': 'Adafactor',
   'adafactor_sgg_update': 'Adafactor+SGG (update)',
 }
+LABELS.update(optim_rows.LABELS)
 LABELS.update({old: LABELS[new] for old, new in DEPRECATED.items()})
 SGG_CLAMP = (0.1, 10.0)  # passed to every SGG optimizer; clamped_fraction
 
@@ -134,7 +137,9 @@ class TrainConfig:
       streams, read instead of (and written after) tokenizing.
     lora_rank: LoRA pre-training rank (0: full-rank): adapters on every
       attention/MLP kernel, which stay frozen at their random init; the
-      adapters, embeddings, head and norms train.
+      adapters, embeddings, head and norms train. Also the rank of the
+      optimizers relora (its adapters), galore (its projection; no
+      adapters) and lowrank (the factorised kernels; no adapters).
   """
 
   preset: str = 'tiny'

@@ -29,7 +29,7 @@ import sgg_optax
 from experiments.common import records
 from experiments.common.batches import train_batches
 from experiments.common.model_config import LlamaConfig
-from experiments.pretraining import checkpointing, evaluation
+from experiments.pretraining import checkpointing, evaluation, optim_rows
 from experiments.pretraining.config import (
   SGG_CLAMP,
   SGG_OPTIMIZERS,
@@ -99,7 +99,7 @@ def _setup(cfg: TrainConfig, mesh: jax.sharding.Mesh, streams: Streams
   """Builds the sharded model and optimizer and the dev/test windows."""
   mcfg = model_config(cfg, streams.vocab_size)
   model, opt = _create(mcfg, build_optimizer(cfg), sharding_rules(mesh),
-                       jnp.int32(cfg.seed), cfg.lora_rank)
+                       jnp.int32(cfg.seed), *optim_rows.model_ranks(cfg))
   set_peak_lr(opt, cfg.lr)
   count = lambda tree: sum(int(np.prod(x.shape))
                            for x in jax.tree.leaves(tree))
@@ -124,8 +124,8 @@ class _TrainLog:
   def __init__(self, cfg: TrainConfig, curves: dict[str, Any]):
     self.cfg = cfg
     self.curves = curves
-    self.schedule = normalized_schedule(cfg.steps, cfg.warmup_frac,
-                                        cfg.final_lr_frac)
+    self.schedule = optim_rows.row_schedule(cfg, normalized_schedule(
+      cfg.steps, cfg.warmup_frac, cfg.final_lr_frac))
     self.pending: list[tuple[int, jax.Array, jax.Array]] = []
     self.first = curves['train'][0][1] if curves['train'] else None
     self.reason = ''  # why the run diverged ('' : it did not)
@@ -238,6 +238,7 @@ def _loop(cfg: TrainConfig, s: _Setup, train_tokens: np.ndarray, start: int,
     process_count=jax.process_count())
   stepper = _Stepper(s.model, s.opt, cfg.recluster_interval
                      if cfg.optimizer in SGG_OPTIMIZERS else None)
+  hook = optim_rows.step_hook(cfg)  # ReLoRA's restarts
   loss = None
   for step in range(start, cfg.steps):
     t0 = time.time()
@@ -253,6 +254,10 @@ def _loop(cfg: TrainConfig, s: _Setup, train_tokens: np.ndarray, start: int,
     if (done % cfg.log_every == 0 or done == cfg.steps) and log.flush():
       break
     clock.step_done(t0, loss)
+    if hook is not None and hook.due(done):  # before a checkpoint at done
+      t1 = clock.pause(loss)
+      stepper.transform(hook, done)
+      clock.resume(t1)
     if _periodic_due(cfg, done, ckpt):
       t1 = clock.pause(loss)  # only this work is left out of the throughput
       stepper.sync()

@@ -15,6 +15,7 @@ import optax
 from flax import nnx
 
 import sgg_optax
+from experiments.pretraining import optim_rows
 from experiments.pretraining.config import (
   OPTIMIZERS,
   SGG_CLAMP,
@@ -53,7 +54,7 @@ def _optimizer_key(cfg: TrainConfig) -> tuple[Any, ...]:
   if cfg.optimizer in SGG_OPTIMIZERS:
     key += (cfg.num_clusters, cfg.recluster_interval, cfg.beta3,
             cfg.scale_rule, cfg.cluster_stat, cfg.sgg_1d)
-  return key
+  return key + optim_rows.optimizer_key(cfg)
 
 
 _TX_CACHE: dict[tuple[Any, ...], optax.GradientTransformation] = {}
@@ -89,7 +90,9 @@ def build_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
                      f'{cfg.optimizer!r}.')
   schedule = normalized_schedule(cfg.steps, cfg.warmup_frac,
                                  cfg.final_lr_frac)
-  if name.startswith('adam'):
+  if name in optim_rows.ROWS:  # the paper's other rows (optim_rows.py)
+    base = optim_rows.build(cfg, schedule, _sgg_kwargs(cfg))
+  elif name.startswith('adam'):
     adam = dict(learning_rate=schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
                 weight_decay=cfg.weight_decay)
     if name == 'adam':

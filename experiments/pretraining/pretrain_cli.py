@@ -18,6 +18,15 @@
 #                   scales move
 #   scales       5: per-layer cluster scales over training (from `compare`)
 #   all          all of the above, in that order
+#   c4_table     every row of the paper's C4 table that runs here, tuned as
+#                   `compare`, SGG rows paired with their base (c4_table.py)
+#   breaking     where Adam breaks: no clipping, no warm-up, LRs upward
+#                   until Adam diverges, batch 4 to 64, per-seed divergence,
+#                   spikes and final loss, for Adam(+SGG) and LAMB(+SGG)
+#
+# `--max-minutes M` makes any of them a chunk: no run starts that would end
+# past M minutes (judged by the longest run so far); the command then exits
+# with status 3, and the same command continues from the run JSONs.
 #
 # Tuning and reporting use different data and seeds (evaluation.py): the
 # learning rate is chosen on **dev** (held out of the training stream) with
@@ -49,7 +58,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from experiments.common import cli, records
-from experiments.pretraining import plots
+from experiments.pretraining import plots, table_cli
 from experiments.pretraining.ablations import (
   ablation_table,
   ablations,
@@ -63,7 +72,7 @@ from experiments.pretraining.compare import (
 )
 from experiments.pretraining.config import (
   LABELS,
-  OPTIMIZERS,
+  MAIN_OPTIMIZERS,
   SGG_OPTIMIZERS,
   TrainConfig,
   add_config_args,
@@ -76,7 +85,12 @@ from experiments.pretraining.config import (
 from experiments.pretraining.deprecation import deprecated_flag
 from experiments.pretraining.distributed import init_distributed
 from experiments.pretraining.robustness import robustness, robustness_table
-from experiments.pretraining.runner import Runner, StoredRuns, _recluster
+from experiments.pretraining.runner import (
+  BudgetSpent,
+  Runner,
+  StoredRuns,
+  _recluster,
+)
 from experiments.pretraining.train_cli import (
   add_distributed_args,
   check_config,
@@ -93,6 +107,8 @@ DEFAULTS = TrainConfig(
   preset='tiny', corpus='bbc_news', tokenizer='bpe', vocab_size=2048,
   seq_len=128, batch_size=16, steps=100, beta3=0.9, eval_windows=256,
   log_every=5)
+
+CHUNK_OVER = 3  # exit status of a --max-minutes chunk that stopped early
 
 SMOKE = dict(preset='tiny', n_layers=1, dim=64, vocab_size=512, seq_len=32,
              batch_size=8, steps=6, eval_windows=16, log_every=2,
@@ -129,11 +145,11 @@ def build_parser() -> argparse.ArgumentParser:
     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
   parser.add_argument('--experiment', default='compare',
                       choices=('compare', 'robustness', 'ablations', 'scales',
-                               'all'),
+                               'all', 'c4_table', 'breaking'),
                       help='which experiment(s) to run')
   parser.add_argument('--out', default='runs/pretrain',
                       help='results directory')
-  parser.add_argument('--optimizers', default=','.join(OPTIMIZERS),
+  parser.add_argument('--optimizers', default=','.join(MAIN_OPTIMIZERS),
                       type=cli.comma_list(optimizer_name),
                       help='comma-separated optimizers for `compare` '
                            '(their Adam-family ones for `robustness`)')
@@ -186,17 +202,23 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument('--fresh', action='store_true',
                       help='rerun runs whose JSON already exists')
   parser.add_argument('--from-runs', action='store_true',
-                      help="print experiment 1's table from the run JSONs "
-                           'in --out/runs (any code version), training and '
-                           'writing nothing')
+                      help="print experiment 1's table (or c4_table's) "
+                           'from the run JSONs in --out/runs (any code '
+                           'version), training and writing nothing')
   parser.add_argument('--smoke', action='store_true',
                       help='seconds-long runs of a 1-layer model (CI)')
+  parser.add_argument('--max-minutes', type=cli.positive_float, default=None,
+                      help='run as a chunk of about this many minutes: start '
+                           'no run that would end past them (judged by the '
+                           'longest run so far), then exit with status 3; '
+                           'the same command continues from the run JSONs')
   parser.add_argument('--progress', action=argparse.BooleanOptionalAction,
                       default=True, help='progress bars')
   add_config_args(parser, DEFAULTS,
                   skip=('optimizer', 'lr', 'seed', 'ckpt_dir', 'ckpt_every',
                         'recluster_interval'))
   add_distributed_args(parser)
+  table_cli.add_args(parser)
   return parser
 
 
@@ -248,7 +270,8 @@ def _settings(parser: argparse.ArgumentParser, args: argparse.Namespace,
                  f'reported seeds 0..{s["seeds"] - 1}; use one >= '
                  f'{s["seeds"]}')
   if check:
-    check_config(parser, base, s['batch_sizes'])
+    check_config(parser, base, [*s['batch_sizes'],
+                                *table_cli.batch_sizes(args)])
   return base, s
 
 
@@ -257,7 +280,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   args = parser.parse_args(argv)
   warn_deprecated(parser.prog, sys.argv[1:] if argv is None else argv)
   if args.from_runs:
-    print(stored_compare(sys.argv[1:] if argv is None else argv)[0])
+    if args.experiment == 'c4_table':
+      base, s = _settings(parser, args, check=False)
+      print(table_cli.stored_c4_table(args, base, s))
+    else:
+      print(stored_compare(sys.argv[1:] if argv is None else argv)[0])
     return {}
   init_distributed(args.coordinator, args.num_processes, args.process_id,
                    args.distributed)
@@ -275,7 +302,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   write_command(out, command)
   runner = Runner(out, args.fresh, args.progress, argv=[
     'python', '-m', 'experiments.pretrain',
-    *(sys.argv[1:] if argv is None else argv)])
+    *(sys.argv[1:] if argv is None else argv)], max_minutes=args.max_minutes)
   printed: list[str] = []
 
   def show(title: str, table: str) -> None:
@@ -283,7 +310,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     print(text)
     printed.append(text)
 
-  results = _run_experiments(args, base, s, runner, out, show)
+  try:
+    results = _run_experiments(args, base, s, runner, out, show)
+  except BudgetSpent as e:
+    print(f'chunk over after {(time.time() - t0) / 60:.1f} min and '
+          f'{runner.n_run} new run(s): {e} would end past --max-minutes '
+          f'{args.max_minutes:g}. Run the same command again to continue '
+          'from the run JSONs.', flush=True)
+    raise SystemExit(CHUNK_OVER) from None
   footer = (f'\n{runner.n_run} runs trained, {runner.n_reused} reused, '
             f'{(time.time() - t0) / 60:.1f} min wall time; results in '
             f'{out}/')
@@ -323,6 +357,12 @@ def _run_experiments(args: argparse.Namespace, base: TrainConfig,
   if which in ('ablations', 'all'):
     results['ablations'] = _ablations(args, base, s, runner, out, show,
                                       tuned, default_lr)
+  if which == 'c4_table':
+    results['c4_table'] = table_cli.run_c4_table(args, base, s, runner, out,
+                                                 show)
+  if which == 'breaking':
+    results['breaking'] = table_cli.run_breaking(args, base, s, runner, out,
+                                                 show, default_lr)
   return results
 
 

@@ -12,7 +12,8 @@ import hashlib
 import json
 import math
 import pathlib
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -45,16 +46,27 @@ def _same_code(result: dict[str, Any]) -> bool:
           == records.EXPERIMENTS_SOURCE)
 
 
+class BudgetSpent(Exception):
+  """The chunk's time (``--max-minutes``) would run out during the next run."""
+
+
 class Runner:
   """Runs (or reloads) training runs and keeps their results.
 
   A run JSON is reused only when its configuration and both source hashes
   match this process's (`records.code_key()` is part of the file name, and
   the stored provenance is checked again on load).
+
+  With ``max_minutes`` the runner works in chunks, as ``experiments.finetune
+  --max-minutes``: it starts no run that the longest run so far says would
+  end past the budget, and raises `BudgetSpent` instead. Every finished run
+  is its own JSON, so the same command continues from them.
   """
 
   def __init__(self, out: pathlib.Path, fresh: bool, progress: bool,
-               argv: Sequence[str] | None = None):
+               argv: Sequence[str] | None = None,
+               max_minutes: float | None = None,
+               clock: Callable[[], float] = time.monotonic):
     self.out = out
     self.fresh = fresh
     self.progress = progress
@@ -62,6 +74,10 @@ class Runner:
     self._streams: dict[tuple[Any, ...], Any] = {}
     self.n_run = 0
     self.n_reused = 0
+    self.max_minutes = max_minutes
+    self.clock = clock
+    self.start = clock()
+    self.longest = 0.0  # seconds, of the runs trained by this runner
 
   def streams(self, cfg: TrainConfig) -> Any:
     key = (cfg.corpus, cfg.tokenizer, cfg.vocab_size, cfg.data_dir)
@@ -77,10 +93,19 @@ class Runner:
       if result['config'] == dataclasses.asdict(cfg) and _same_code(result):
         self.n_reused += 1
         return result
-    result = loop.train(cfg, out=path, progress=self.progress, desc=tag,
-                        streams=self.streams(cfg), argv=self.argv)
+    if (self.max_minutes is not None and self.clock() - self.start
+        + self.longest > 60 * self.max_minutes):
+      raise BudgetSpent(tag)
+    t0 = self.clock()
+    result = self._train(cfg, path, tag)
+    self.longest = max(self.longest, self.clock() - t0)
     self.n_run += 1
     return result
+
+  def _train(self, cfg: TrainConfig, path: pathlib.Path, tag: str
+             ) -> dict[str, Any]:
+    return loop.train(cfg, out=path, progress=self.progress, desc=tag,
+                      streams=self.streams(cfg), argv=self.argv)
 
 
 class StoredRuns(Runner):

@@ -62,19 +62,25 @@ def _constrain(obj: Any) -> None:
 LORA_TRAINABLE = nnx.All(nnx.Param, nnx.Not(nnx.PathContains('base')))
 
 
-@functools.partial(nnx.jit, static_argnums=(0, 1, 2, 4))
+@functools.partial(nnx.jit, static_argnums=(0, 1, 2, 4, 5))
 def _create(config: LlamaConfig, tx: optax.GradientTransformation,
-            rules: LogicalRules, seed: jax.Array, lora_rank: int = 0
-            ) -> tuple[model_lib.Llama, nnx.Optimizer]:
+            rules: LogicalRules, seed: jax.Array, lora_rank: int = 0,
+            factor_rank: int = 0) -> tuple[model_lib.Llama, nnx.Optimizer]:
   """Model and optimizer, created sharded inside one jit (multi-host safe).
 
   With `lora_rank`, the target linear layers get LoRA adapters
   (experiments/common/lora.py, alpha = 2 x rank) on their frozen random kernels.
+  With `factor_rank`, they are factorised instead (W = U V, both trained;
+  experiments/pretraining/lowrank.py).
   """
   key = jax.random.key(seed)
   with nnx.logical_axis_rules(rules):
     model = model_lib.Llama(config, rngs=nnx.Rngs(key))
     wrt = nnx.Param
+    if factor_rank:
+      from experiments.pretraining import lowrank
+
+      lowrank.factorize(model, factor_rank)
     if lora_rank:
       from experiments.common import lora as lora_lib
 
@@ -143,6 +149,12 @@ class _Stepper:
                                           refresh)
     self.stale = True
     return loss, gnorm
+
+  def transform(self, fn: Any, *args: Any) -> None:
+    """Replaces the state by ``fn(graphdef, state, *args)`` (e.g. ReLoRA's
+    restart, experiments/pretraining/relora.py)."""
+    self.state = fn(self.graphdef, self.state, *args)
+    self.stale = True
 
   def sync(self) -> None:
     if self.stale:

@@ -18,7 +18,7 @@ from typing import Any
 import jax
 
 from experiments.common import cli, corpora
-from experiments.pretraining import checkpointing
+from experiments.pretraining import checkpointing, optim_rows
 from experiments.pretraining.config import (
   SMOKE,
   TrainConfig,
@@ -58,6 +58,8 @@ def check_config(parser: argparse.ArgumentParser, cfg: TrainConfig,
     cfg: the configuration.
     batch_sizes: more global batch sizes the command will use.
   """
+  if (why := optim_rows.check(cfg)) is not None:
+    parser.error(f'argument --optimizer: {why}')
   try:
     axes = parse_mesh(cfg.mesh)
   except ValueError as e:

@@ -95,7 +95,7 @@ def test_pretrain_spells_t_the_same_way(capsys):
 
   base, s = settings()
   assert s['t_frac'] == 0.05
-  assert s['optimizers'] == list(config.OPTIMIZERS)
+  assert s['optimizers'] == list(config.MAIN_OPTIMIZERS)
   _, s = settings('--recluster-interval-frac', '0.1')
   assert s['t_frac'] == 0.1
   assert not capsys.readouterr().err
