@@ -98,6 +98,22 @@ PRESETS: dict[str, LlamaConfig] = {
     vocab_size=32_000, dim=768, n_layers=12, n_heads=12, n_kv_heads=12,
     ffn_dim=2048, max_seq_len=256,
   ),
+  # The paper's LLaMA-350M and 1B (GaLore's configs/llama_350m.json and
+  # llama_1b.json; 1B's ffn_dim 5461 is odd, so its MLP cannot be split
+  # over a tensor-parallel axis: see `fit_rules`).
+  '350m': LlamaConfig(
+    vocab_size=32_000, dim=1024, n_layers=24, n_heads=16, n_kv_heads=16,
+    ffn_dim=2736, max_seq_len=256,
+  ),
+  '1b': LlamaConfig(
+    vocab_size=32_000, dim=2048, n_layers=24, n_heads=32, n_kv_heads=32,
+    ffn_dim=5461, max_seq_len=256,
+  ),
+  # LLaMA-7B's shape (GaLore's configs/llama_7b.json).
+  '7b': LlamaConfig(
+    vocab_size=32_000, dim=4096, n_layers=32, n_heads=32, n_kv_heads=32,
+    ffn_dim=11008, max_seq_len=2048,
+  ),
   # HuggingFaceTB/SmolLM2-135M(-Instruct).
   'smollm2_135m': LlamaConfig(
     vocab_size=49_152, dim=576, n_layers=30, n_heads=9, n_kv_heads=3,
@@ -111,7 +127,8 @@ def get_config(name: str, **overrides: Any) -> LlamaConfig:
   """Returns a named preset, optionally with some fields overridden.
 
   Args:
-    name: One of `PRESETS` ('tiny', 'small', '60m', '130m', 'smollm2_135m').
+    name: One of `PRESETS` ('tiny', 'small', '60m', '130m', '350m', '1b',
+      '7b', 'smollm2_135m').
     **overrides: Fields to replace, e.g. `vocab_size=16384`.
 
   Returns:
@@ -148,6 +165,10 @@ def param_count(config: LlamaConfig) -> int:
 
 LOGICAL_AXES = ('vocab', 'embed', 'heads', 'kv_heads', 'mlp', 'norm')
 
+# The mesh axes that split a batch, where the mesh has them: the model keeps
+# its activations split over them along the batch (`model._split_batch`).
+BATCH_AXES = ('data', 'fsdp')
+
 # Everything replicated (single device, or pure data parallelism).
 REPLICATED_RULES: LogicalRules = tuple((name, None) for name in LOGICAL_AXES)
 
@@ -162,6 +183,46 @@ FSDP_TP_RULES: LogicalRules = (
   ('vocab', 'model'), ('embed', 'data'), ('heads', 'model'),
   ('kv_heads', 'model'), ('mlp', 'model'), ('norm', None),
 )
+
+
+def axis_sizes(config: LlamaConfig) -> dict[str, int]:
+  """The array dimension each logical axis name labels, for `config`."""
+  hd = config.head_dim
+  return {'vocab': config.vocab_size, 'embed': config.dim,
+          'heads': config.n_heads * hd, 'kv_heads': config.n_kv_heads * hd,
+          'mlp': config.ffn_dim, 'norm': config.dim}
+
+
+def fit_rules(rules: LogicalRules, config: LlamaConfig,
+              mesh_shape: dict[str, int]
+              ) -> tuple[LogicalRules, tuple[str, ...]]:
+  """``rules`` with the axes that cannot split `config`'s arrays replicated.
+
+  A sharded array dimension must be a multiple of the number of shards
+  (e.g. the 1B preset's ``ffn_dim`` 5461 over a tensor axis of 8): such a
+  logical axis is mapped to None instead, and named.
+
+  Args:
+    rules: logical-to-mesh rules such as `FSDP_TP_RULES`.
+    config: the model.
+    mesh_shape: the mesh's axis sizes, e.g. ``dict(mesh.shape)``.
+
+  Returns:
+    The rules, and the logical axes they replicate that ``rules`` split.
+  """
+  sizes = axis_sizes(config)
+  out, dropped = [], []
+  for name, axes in rules:
+    names = (axes,) if isinstance(axes, str) else tuple(axes or ())
+    shards = 1
+    for axis in names:
+      shards *= mesh_shape.get(axis, 1)
+    if names and name in sizes and sizes[name] % shards:
+      out.append((name, None))
+      dropped.append(name)
+    else:
+      out.append((name, axes))
+  return tuple(out), tuple(dropped)
 
 
 def _logical_names(state: nnx.State) -> set[str]:

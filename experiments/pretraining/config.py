@@ -34,7 +34,8 @@ class TrainConfig:
   """Everything that defines one training run.
 
   Attributes:
-    preset: model_config.py preset ('tiny', 'small', '60m', '130m').
+    preset: model_config.py preset ('tiny', 'small', '60m', '130m', '350m',
+      '1b', '7b').
     n_layers: override of the preset's depth (0: keep).
     dim: override of the preset's width (0: keep); ffn_dim follows as
       ``8/3 * dim`` rounded up to a multiple of 32.

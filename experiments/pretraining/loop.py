@@ -35,7 +35,11 @@ from experiments.pretraining.config import (
   SGG_OPTIMIZERS,
   TrainConfig,
 )
-from experiments.pretraining.distributed import make_mesh, sharding_rules
+from experiments.pretraining.distributed import (
+  batch_axes,
+  make_mesh,
+  sharding_rules,
+)
 from experiments.pretraining.optim import (
   build_optimizer,
   normalized_schedule,
@@ -98,12 +102,12 @@ def _setup(cfg: TrainConfig, mesh: jax.sharding.Mesh, streams: Streams
            ) -> _Setup:
   """Builds the sharded model and optimizer and the dev/test windows."""
   mcfg = model_config(cfg, streams.vocab_size)
-  model, opt = _create(mcfg, build_optimizer(cfg), sharding_rules(mesh),
+  model, opt = _create(mcfg, build_optimizer(cfg), sharding_rules(mesh, mcfg),
                        jnp.int32(cfg.seed), cfg.lora_rank)
   set_peak_lr(opt, cfg.lr)
   count = lambda tree: sum(int(np.prod(x.shape))
                            for x in jax.tree.leaves(tree))
-  sharding = NamedSharding(mesh, P('data'))
+  sharding = NamedSharding(mesh, P(batch_axes(mesh)))
   sets = {name: evaluation.make_eval_set(
             name, tokens, seq_len=cfg.seq_len, num_windows=cfg.eval_windows,
             batch_size=cfg.eval_batch_size or cfg.batch_size,

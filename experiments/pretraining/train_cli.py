@@ -25,7 +25,12 @@ from experiments.pretraining.config import (
   add_config_args,
   config_from_args,
 )
-from experiments.pretraining.distributed import init_distributed, parse_mesh
+from experiments.pretraining.distributed import (
+  batch_axes,
+  batch_shards,
+  init_distributed,
+  parse_mesh,
+)
 from experiments.pretraining.loop import train
 from experiments.pretraining.streams import exported_streams
 
@@ -60,13 +65,14 @@ def check_config(parser: argparse.ArgumentParser, cfg: TrainConfig,
     axes = parse_mesh(cfg.mesh)
   except ValueError as e:
     parser.error(f'argument --mesh: {e}')
-  data = axes['data']
+  data = batch_shards(axes)
   for flag, size in [('--batch-size', cfg.batch_size),
                      ('--eval-batch-size', cfg.eval_batch_size)] + [
                        ('--batch-sizes', b) for b in batch_sizes]:
     if size and (size % data or size % jax.process_count()):
+      split = ' x '.join(repr(a) for a in batch_axes(axes))
       parser.error(f'argument {flag}: {size} is not divisible by the mesh '
-                   f"'data' axis ({data}) and the {jax.process_count()} "
+                   f'{split} axis ({data}) and the {jax.process_count()} '
                    'process(es)')
   if exported_streams(cfg) is None:
     try:
