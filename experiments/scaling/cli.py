@@ -35,6 +35,10 @@ from experiments.scaling import report
 ROWS = ('1b:data=1,fsdp=64,model=1', '1b:data=4,fsdp=64,model=1',
         '350m:data=2,fsdp=8,model=4', '7b:data=1,fsdp=8,model=8',
         '7b:data=2,fsdp=16,model=8')
+# The order the programs are measured in: the targets' first.
+RUN_ORDER = ('adam', 'momentum_plain', 'update_plain', 'momentum_refresh',
+             'update_refresh', 'momentum_own', 'update_own',
+             'momentum_refresh_program')
 CODE_PARTS = ('scaling', 'pretraining', 'common')
 DOCS = pathlib.Path('docs/scaling.md')
 MARKER = 'podscale'
@@ -199,14 +203,14 @@ def replace_block(path: pathlib.Path, name: str, table: str) -> None:
 def build_parser() -> argparse.ArgumentParser:
   from experiments.scaling import programs
 
+  assert sorted(RUN_ORDER) == sorted(programs.VARIANTS)
   parser = argparse.ArgumentParser(
     description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
   parser.add_argument('--out', default='experiments/results/podscale',
                       help='results folder')
   parser.add_argument('--rows', nargs='+', default=list(ROWS),
                       help='PRESET:data=D,fsdp=F,model=M (devices D*F*M)')
-  parser.add_argument('--variants', nargs='+',
-                      default=list(programs.VARIANTS),
+  parser.add_argument('--variants', nargs='+', default=list(RUN_ORDER),
                       choices=list(programs.VARIANTS), help='programs')
   parser.add_argument('--batch-size', type=cli_lib.positive_int, default=512,
                       help='global batch (rows; the paper: 512)')
