@@ -82,6 +82,14 @@ class TrainConfig:
     lora_rank: LoRA pre-training rank (0: full-rank): adapters on every
       attention/MLP kernel, which stay frozen at their random init; the
       adapters, embeddings, head and norms train.
+    data_glob: glob of training shards in C4's format (``*.json.gz`` or
+      ``*.jsonl``, one JSON object with a ``text`` field per line), read
+      instead of `corpus` with grain, each process its share, the position
+      saved in checkpoints (experiments/pretraining/c4.py); needs
+      `eval_glob` and `tokenizer_file`.
+    eval_glob: glob of the validation shards of `data_glob` (dev: every
+      tenth document of their first 10M tokens; test: the rest).
+    tokenizer_file: a ``tokenizers`` JSON file (e.g. T5's) for `data_glob`.
   """
 
   preset: str = 'tiny'
@@ -122,6 +130,9 @@ class TrainConfig:
   ckpt_every: int = 0
   data_dir: str = ''
   lora_rank: int = 0
+  data_glob: str = ''
+  eval_glob: str = ''
+  tokenizer_file: str = ''
 
   def replace(self, **changes: Any) -> TrainConfig:
     """Returns a copy with some fields changed."""

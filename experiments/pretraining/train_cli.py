@@ -74,7 +74,13 @@ def check_config(parser: argparse.ArgumentParser, cfg: TrainConfig,
       parser.error(f'argument {flag}: {size} is not divisible by the mesh '
                    f'{split} axis ({data}) and the {jax.process_count()} '
                    'process(es)')
-  if exported_streams(cfg) is None:
+  if cfg.data_glob or cfg.eval_glob or cfg.tokenizer_file:
+    from experiments.pretraining import c4
+
+    for flag, error in c4.config_errors(cfg.data_glob, cfg.eval_glob,
+                                        cfg.tokenizer_file):
+      parser.error(f'argument {flag}: {error}')
+  elif exported_streams(cfg) is None:
     try:
       corpora.load_corpus(cfg.corpus)
     except corpora.CorpusUnavailableError as e:
