@@ -101,7 +101,11 @@ def test_the_record_is_the_compiled_programs(adam, measured):
   est = rec['roofline']['TPU v5p']
   assert est['step_s'] == max(est['compute_s'], est['memory_s'],
                               est['collective_s']) > 0
-  assert rec['timing']['compile_s'] > 0 and rec['timing']['ratio'] > 0
+  t = rec['timing']
+  assert t['compile_s'] > 0 and t['compile_cpu_s'] > 0 and t['ratio'] > 0
+  assert t['cpu_ratio'] == pytest.approx(
+    (t['lower_cpu_s'] + t['compile_cpu_s'])
+    / (t['adam_lower_cpu_s'] + t['adam_compile_cpu_s']))
   # The FSDP gathers of the forward pass: Adam's program communicates.
   assert 'all-gather' in rec['collectives_by_kind']['every_step']
 
