@@ -39,7 +39,9 @@ ROWS = ('1b:data=1,fsdp=64,model=1', '1b:data=4,fsdp=64,model=1',
 RUN_ORDER = ('adam', 'momentum_plain', 'update_plain', 'momentum_refresh',
              'update_refresh', 'momentum_own', 'update_own',
              'momentum_refresh_program')
-CODE_PARTS = ('scaling', 'pretraining', 'common')
+# The code that decides a record's numbers (not the tables or this driver).
+CODE_PARTS = ('scaling/programs.py', 'scaling/measure.py', 'scaling/hlo.py',
+              'pretraining', 'common')
 DOCS = pathlib.Path('docs/scaling.md')
 MARKER = 'podscale'
 

@@ -163,8 +163,8 @@ def summary_table(rows: dict[str, dict[str, dict[str, Any]]]) -> str:
     a, v = r['adam'], r['variants']
     params = f'{r["row"].split("_")[0]} ({a["model"]["n_params"] / 1e9:.2f}B)'
     mesh = f'{a["devices"]}: {_mesh_text(a["mesh"])}'
-    mem = ', '.join(
-      f'{(c["extra_memory"]) / 2**20:.1f} / {c["ids_floor"] / 2**20:.1f}'
+    mem = '; '.join(
+      f'{k} {c["extra_memory"] / 2**20:.1f} / {c["ids_floor"] / 2**20:.1f}'
       + ('' if c['memory_margin'] <= MEMORY_SLACK
          else f' (**+{100 * c["memory_margin"]:.1f}%**)')
       for k, c in v.items() if k in ('plain', 'own'))
@@ -186,6 +186,9 @@ def summary_table(rows: dict[str, dict[str, dict[str, Any]]]) -> str:
       '-' if own is None else _ratio_cell(own['compile_ratio'], COMPILE_OWN),
       '-' if r['pair_compile'] is None
       else _ratio_cell(r['pair_compile'], COMPILE_PAIR)])
+    if r['program_pair_compile'] is not None:
+      comp += (' (plain + refresh program: '
+               f'{_ratio_cell(r["program_pair_compile"], COMPILE_PAIR)})')
     lines.append(f'| {params} | {mesh} | {r["form"]} | {mem} | {plain_ok} '
                  f'| {ref_cell} | {step} | {comp} |')
   return '\n'.join(lines)
@@ -205,6 +208,9 @@ def details_table(rows: dict[str, dict[str, dict[str, Any]]]) -> str:
       if name not in recs:
         continue
       rec, c = recs[name], compare(recs[name])
+      # The refresh program is not a train step: its memory is its own.
+      extra = ('-' if rec['program'] == 'refresh'
+               else f'{c["extra_memory"] / 2**20:,.2f}')
       by = rec['collectives_by_kind']
       ev = by['every_step']
       br = by['in_conditionals']
@@ -213,7 +219,7 @@ def details_table(rows: dict[str, dict[str, dict[str, Any]]]) -> str:
       lines.append(
         f'| {row} | {rec["label"]} '
         f'| {rec["memory"]["args_plus_temps"] / 2**20:,.1f} '
-        f'| {c["extra_memory"] / 2**20:,.2f} '
+        f'| {extra} '
         f'| {sum(k["count"] for k in ev.values())}, '
         f'{sum(k["traffic"] for k in ev.values()) / 2**20:,.1f} '
         f'| {sum(k["count"] for k in br.values())}, '
