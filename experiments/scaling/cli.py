@@ -184,7 +184,8 @@ def write_tables(out: pathlib.Path, docs: pathlib.Path | None) -> str:
   rows = {k: v for k, v in rows.items() if v}
   summary = report.summary_table(rows)
   text = ('# SGG on a simulated pod\n\n' + summary + '\n\n## Every program'
-          '\n\n' + report.details_table(rows) + '\n')
+          '\n\n' + report.details_table(rows) + '\n\n## Where the compiled '
+          'instructions come from\n\n' + report.sources_table(rows) + '\n')
   (out / 'results.md').write_text(text)
   if docs is not None:
     replace_block(docs, MARKER, summary)

@@ -234,6 +234,79 @@ def conditionals(hlo: str) -> list[dict[str, Any]]:
   return out
 
 
+_TABLES = ('FileNames', 'FunctionNames', 'FileLocations', 'StackFrames')
+
+
+def _frames(hlo: str) -> dict[str, dict[int, str]]:
+  """The module's stack-frame tables (``FileNames`` ... ``StackFrames``)."""
+  tables: dict[str, dict[int, str]] = {t: {} for t in _TABLES}
+  section = None
+  for line in hlo.splitlines():
+    if line in tables:
+      section = line
+    elif section and re.match(r'^\d+ ', line):
+      index, rest = line.split(' ', 1)
+      tables[section][int(index)] = rest
+    else:
+      section = None
+  return tables
+
+
+def _chain(tables: dict[str, dict[int, str]], frame: int
+           ) -> list[tuple[str, str]]:
+  """``(file, function)`` of a stack frame and its callers, innermost first."""
+  out, seen = [], set()
+  while frame and frame not in seen and frame in tables['StackFrames']:
+    seen.add(frame)
+    entry = tables['StackFrames'][frame]
+    loc = tables['FileLocations'][int(
+      re.search(r'file_location_id=(\d+)', entry).group(1))]
+    out.append((
+      tables['FileNames'][int(re.search(r'file_name_id=(\d+)', loc)
+                              .group(1))].strip('"'),
+      tables['FunctionNames'][int(re.search(r'function_name_id=(\d+)', loc)
+                                  .group(1))].strip('"')))
+    frame = int(re.search(r'parent_frame_id=(\d+)', entry).group(1))
+  return out
+
+
+def instructions_by_source(hlo: str) -> dict[str, Any]:
+  """How many instructions of a compiled module each part of the code made.
+
+  Every instruction (fused computations' included) is counted once, under
+  the innermost frame of its stack that is in ``sgg_optax/_src``
+  (``'sgg_optax/<module>.py:<function>'``), else ``'model'`` (the
+  experiments' LLaMA and flax), ``'optax'``, or ``'unattributed'`` (no
+  stack: most of XLA's own fusion parameters and bookkeeping). Compile
+  time grows with the instruction count.
+
+  Returns:
+    ``total`` and ``by_source`` (counts, largest first).
+  """
+  tables = _frames(hlo)
+  counts: dict[str, int] = {}
+  total = 0
+  for line in hlo.splitlines():
+    if not line.startswith('  ') or not _INSTR.match(line):
+      continue
+    total += 1
+    m = re.search(r'stack_frame_id=(\d+)', line)
+    chain = _chain(tables, int(m.group(1))) if m else []
+    key = 'unattributed'
+    for file, function in chain:
+      if 'sgg_optax/_src/' in file:
+        key = f'sgg_optax/{file.split("sgg_optax/_src/")[-1]}:{function}'
+        break
+    else:
+      if any('optax' in f and 'sgg_optax' not in f for f, _ in chain):
+        key = 'optax'
+      elif chain:
+        key = 'model'
+    counts[key] = counts.get(key, 0) + 1
+  return {'total': total,
+          'by_source': dict(sorted(counts.items(), key=lambda kv: -kv[1]))}
+
+
 def summarize(found: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
   """Count, bytes and traffic per kind (`collectives` or `compact` entries).
   """

@@ -96,7 +96,8 @@ def record(s: programs.Setup, variant: programs.Variant, compiled: Any
     analysis counts the costlier branch of a conditional, and collectives
     inside branches are counted too, so an on-device schedule is estimated
     as if it refreshed at every step), ``grouped`` (the parameters SGG
-    groups, `programs.grouped_parameters`) and ``ids_floor_bytes``.
+    groups, `programs.grouped_parameters`), ``ids_floor_bytes`` and
+    ``hlo_instructions`` (`hlo.instructions_by_source`).
   """
   text = compiled.as_text()
   devices = s.mesh.size
@@ -117,6 +118,7 @@ def record(s: programs.Setup, variant: programs.Variant, compiled: Any
     'roofline': roofline(cost['flops'], cost['bytes_accessed'], traffic),
     'grouped': grouped,
     'ids_floor_bytes': sum(g['ids_bytes'] for g in grouped),
+    'hlo_instructions': hlo.instructions_by_source(text),
   }
 
 

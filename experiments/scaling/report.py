@@ -232,3 +232,37 @@ def details_table(rows: dict[str, dict[str, dict[str, Any]]]) -> str:
         f'| {t["adam_lower_cpu_s"] + t["adam_compile_cpu_s"]:.0f} '
         f'({t["adam_lower_s"] + t["adam_compile_s"]:.0f}) |')
   return '\n'.join(lines)
+
+
+_MODULES = ('sampling.py', 'transform.py', 'kmeans.py', 'quantiles.py',
+            'scaling.py')
+
+
+def sources_table(rows: dict[str, dict[str, dict[str, Any]]]) -> str:
+  """Where each SGG program's compiled instructions come from (Markdown).
+
+  Compile time grows with the instruction count: the columns split SGG's
+  own instructions by sgg_optax module, beside the program's total and
+  Adam's.
+  """
+  head = ('| row | program | HLO instructions (Adam\'s) | SGG\'s own | '
+          + ' | '.join(_MODULES) + ' | largest SGG function |')
+  lines = [head, '|' + '---|' * (5 + len(_MODULES))]
+  for row, recs in rows.items():
+    adam = recs.get('adam', {}).get('hlo_instructions')
+    for name in programs.VARIANTS:
+      rec = recs.get(name)
+      if (rec is None or rec['form'] is None or adam is None
+          or 'hlo_instructions' not in rec):
+        continue
+      by = rec['hlo_instructions']['by_source']
+      sgg = {k: n for k, n in by.items() if k.startswith('sgg_optax/')}
+      per = {m: sum(n for k, n in sgg.items()
+                    if k.split('/')[1].split(':')[0] == m) for m in _MODULES}
+      top = max(sgg, key=sgg.get) if sgg else '-'
+      lines.append(
+        f'| {row} | {rec["label"]} | {rec["hlo_instructions"]["total"]:,} '
+        f'({adam["total"]:,}) | {sum(sgg.values()):,} | '
+        + ' | '.join(f'{per[m]:,}' for m in _MODULES)
+        + f' | {top.removeprefix("sgg_optax/")} ({sgg.get(top, 0):,}) |')
+  return '\n'.join(lines)

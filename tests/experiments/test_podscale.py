@@ -108,6 +108,15 @@ def test_the_record_is_the_compiled_programs(adam, measured):
     / (t['adam_lower_cpu_s'] + t['adam_compile_cpu_s']))
   # The FSDP gathers of the forward pass: Adam's program communicates.
   assert 'all-gather' in rec['collectives_by_kind']['every_step']
+  # Every instruction is counted once, under the code that made it.
+  for r in (adam, rec, measured['momentum_refresh']):
+    ins = r['hlo_instructions']
+    assert sum(ins['by_source'].values()) == ins['total'] > 1000
+    assert ins['by_source'].get('model', 0) > 0
+  assert not any(k.startswith('sgg_optax') for k in
+                 adam['hlo_instructions']['by_source'])
+  refresh = measured['momentum_refresh']['hlo_instructions']['by_source']
+  assert any(k.startswith('sgg_optax/sampling.py') for k in refresh)
 
 
 def test_the_collective_parser_reads_async_tuple_and_mesh_forms():
