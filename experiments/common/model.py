@@ -16,7 +16,12 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from experiments.common.model_config import BATCH_AXES, DType, LlamaConfig
+from experiments.common.model_config import (
+  DType,
+  LlamaConfig,
+  embed_tokens,
+  split_batch,
+)
 
 Array = jax.Array
 
@@ -33,46 +38,6 @@ def _init(
   eager = (nnx.using_eager_sharding()
            and not jax.sharding.get_abstract_mesh().empty)
   return nnx.with_partitioning(initializer, names, eager_sharding=eager)
-
-
-def _batch_axes() -> tuple[str, ...]:
-  """The mesh's axes that split the batch (none if they split nothing)."""
-  mesh = jax.sharding.get_abstract_mesh()
-  if mesh.empty:
-    return ()
-  axes = tuple(a for a in BATCH_AXES if a in mesh.axis_names)
-  return axes if math.prod(mesh.shape[a] for a in axes) > 1 else ()
-
-
-def _split_batch(x: Array) -> Array:
-  """Keeps activations split over the mesh's batch axes along the batch.
-
-  The parameters are sharded over the same axes (FSDP, on their 'embed'
-  dimension), so without this XLA's propagation may split a matmul's
-  contraction instead and all-reduce whole activations of the global
-  batch on every device. No-op unless those axes split the batch.
-  """
-  axes = _batch_axes()
-  if not axes:
-    return x
-  return jax.lax.with_sharding_constraint(x, jax.sharding.PartitionSpec(axes))
-
-
-def _embed_tokens(embed: nnx.Embed, tokens: Array) -> Array:
-  """``embed(tokens)``, its table's features gathered first on a mesh.
-
-  FSDP splits the table's feature dimension over the batch axes; asked to
-  look up a batch split over the same axes, XLA's partitioner falls back
-  to replicating the whole lookup ("involuntary full rematerialization").
-  Gathering the features first, as FSDP does for every weight, leaves the
-  vocabulary's split (tensor parallelism) to XLA.
-  """
-  if not _batch_axes():
-    return embed(tokens)
-  P = jax.sharding.PartitionSpec
-  table = jax.lax.with_sharding_constraint(embed.embedding[...],
-                                           P(P.UNCONSTRAINED, None))
-  return jnp.take(table.astype(embed.dtype or table.dtype), tokens, axis=0)
 
 
 # ------------------------------------------------------------------------------
@@ -376,12 +341,12 @@ class Llama(nnx.Module):
     positions = start + jnp.arange(tokens.shape[1])
     cos, sin = rope_cos_sin(positions, self.config.head_dim,
                             self.config.rope_theta)
-    x = _split_batch(_embed_tokens(self.embed, tokens))
+    x = split_batch(embed_tokens(self.embed, tokens))
     new_caches = [] if caches is not None else None
     for i, layer in enumerate(self.layers):
       x, cache = layer(x, cos, sin, positions,
                        None if caches is None else caches[i])
-      x = _split_batch(x)
+      x = split_batch(x)
       if new_caches is not None:
         new_caches.append(cache)
     x = self.norm(x)

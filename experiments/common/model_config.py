@@ -2,13 +2,15 @@
 
 `LlamaConfig` and the named `PRESETS` fix a decoder's shape and numerics;
 the logical axis names of its parameters and the rules tables that map
-them to mesh axes (`FSDP_RULES`, `FSDP_TP_RULES`) fix its sharding. The
+them to mesh axes (`FSDP_RULES`, `FSDP_TP_RULES`) fix its sharding, and
+`split_batch` / `embed_tokens` keep its activations split over the batch. The
 modules themselves are in `experiments.common.model`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -166,7 +168,7 @@ def param_count(config: LlamaConfig) -> int:
 LOGICAL_AXES = ('vocab', 'embed', 'heads', 'kv_heads', 'mlp', 'norm')
 
 # The mesh axes that split a batch, where the mesh has them: the model keeps
-# its activations split over them along the batch (`model._split_batch`).
+# its activations split over them along the batch (`split_batch`).
 BATCH_AXES = ('data', 'fsdp')
 
 # Everything replicated (single device, or pure data parallelism).
@@ -275,3 +277,48 @@ def named_shardings(
     partition_specs(model, rules),
     is_leaf=lambda x: isinstance(x, PartitionSpec),
   )
+
+
+# ------------------------------------------------------------------------------
+# Activations on a mesh
+# ------------------------------------------------------------------------------
+
+
+def batch_axes_of_mesh() -> tuple[str, ...]:
+  """The mesh's axes that split the batch (none if they split nothing)."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty:
+    return ()
+  axes = tuple(a for a in BATCH_AXES if a in mesh.axis_names)
+  return axes if math.prod(mesh.shape[a] for a in axes) > 1 else ()
+
+
+def split_batch(x: jax.Array) -> jax.Array:
+  """Keeps activations split over the mesh's batch axes along the batch.
+
+  The parameters are sharded over the same axes (FSDP, on their 'embed'
+  dimension), so without this XLA's propagation may split a matmul's
+  contraction instead and all-reduce whole activations of the global
+  batch on every device. No-op unless those axes split the batch.
+  """
+  axes = batch_axes_of_mesh()
+  if not axes:
+    return x
+  return jax.lax.with_sharding_constraint(x, jax.sharding.PartitionSpec(axes))
+
+
+def embed_tokens(embed: nnx.Embed, tokens: jax.Array) -> jax.Array:
+  """``embed(tokens)``, its table's features gathered first on a mesh.
+
+  FSDP splits the table's feature dimension over the batch axes; asked to
+  look up a batch split over the same axes, XLA's partitioner falls back
+  to replicating the whole lookup ("involuntary full rematerialization").
+  Gathering the features first, as FSDP does for every weight, leaves the
+  vocabulary's split (tensor parallelism) to XLA.
+  """
+  if not batch_axes_of_mesh():
+    return embed(tokens)
+  P = jax.sharding.PartitionSpec
+  table = jax.lax.with_sharding_constraint(embed.embedding[...],
+                                           P(P.UNCONSTRAINED, None))
+  return jnp.take(table.astype(embed.dtype or table.dtype), tokens, axis=0)

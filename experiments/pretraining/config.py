@@ -74,7 +74,8 @@ class TrainConfig:
     diag_every: SGG diagnostics period (0: at every refresh and the end).
     divergence_factor: stop when the training loss exceeds this multiple of
       the first step's loss (NaN/Inf always stops).
-    mesh: 'data=N,model=M' ('' : every device on 'data').
+    mesh: 'data=N,model=M' ('' : every device on 'data'), or
+      'data=D,fsdp=F,model=M' (parameters sharded over 'fsdp' only).
     ckpt_dir: orbax checkpoint directory ('' : none).
     ckpt_every: checkpoint period in steps (0: only at the end).
     data_dir: directory of pre-tokenized `<name>-{train,validation}.npy`
