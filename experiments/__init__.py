@@ -16,6 +16,8 @@ command              code
 ``soak``             ``bench/soak.py`` (a long run checked for leaks)
 ``demo``             ``bench/demo.py`` (one minute: an MLP, Adam vs SGG)
 ``claims``           ``report/`` (the paper's claims against our runs)
+``podscale``         ``scaling/`` (the train step compiled for a simulated
+                     pod: memory, collectives, compile time per chip)
 ===================  =====================================================
 
 ``common/`` holds what several of them share: corpora, tokenizers and

@@ -98,11 +98,12 @@ def comma_list(item: _Parse, *, allowed_empty: bool = False) -> _Parse:
   return parse
 
 
-_MESH_PART = re.compile(r'^\s*(data|model)\s*=\s*([0-9]+)\s*$')
+_MESH_PART = re.compile(r'^\s*(data|fsdp|model)\s*=\s*([0-9]+)\s*$')
 
 
 def mesh_spec(text: str) -> str:
-  """``''`` or ``data=N[,model=M]`` with positive sizes, each axis once."""
+  """``''`` or ``data=N[,fsdp=F][,model=M]`` with positive sizes, each axis
+  once."""
   if not text.strip():
     return ''
   seen = set()

@@ -16,7 +16,12 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from experiments.common.model_config import DType, LlamaConfig
+from experiments.common.model_config import (
+  DType,
+  LlamaConfig,
+  embed_tokens,
+  split_batch,
+)
 
 Array = jax.Array
 
@@ -336,11 +341,12 @@ class Llama(nnx.Module):
     positions = start + jnp.arange(tokens.shape[1])
     cos, sin = rope_cos_sin(positions, self.config.head_dim,
                             self.config.rope_theta)
-    x = self.embed(tokens)
+    x = split_batch(embed_tokens(self.embed, tokens))
     new_caches = [] if caches is not None else None
     for i, layer in enumerate(self.layers):
       x, cache = layer(x, cos, sin, positions,
                        None if caches is None else caches[i])
+      x = split_batch(x)
       if new_caches is not None:
         new_caches.append(cache)
     x = self.norm(x)

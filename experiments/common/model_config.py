@@ -2,13 +2,15 @@
 
 `LlamaConfig` and the named `PRESETS` fix a decoder's shape and numerics;
 the logical axis names of its parameters and the rules tables that map
-them to mesh axes (`FSDP_RULES`, `FSDP_TP_RULES`) fix its sharding. The
+them to mesh axes (`FSDP_RULES`, `FSDP_TP_RULES`) fix its sharding, and
+`split_batch` / `embed_tokens` keep its activations split over the batch. The
 modules themselves are in `experiments.common.model`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -98,6 +100,22 @@ PRESETS: dict[str, LlamaConfig] = {
     vocab_size=32_000, dim=768, n_layers=12, n_heads=12, n_kv_heads=12,
     ffn_dim=2048, max_seq_len=256,
   ),
+  # The paper's LLaMA-350M and 1B (GaLore's configs/llama_350m.json and
+  # llama_1b.json; 1B's ffn_dim 5461 is odd, so its MLP cannot be split
+  # over a tensor-parallel axis: see `fit_rules`).
+  '350m': LlamaConfig(
+    vocab_size=32_000, dim=1024, n_layers=24, n_heads=16, n_kv_heads=16,
+    ffn_dim=2736, max_seq_len=256,
+  ),
+  '1b': LlamaConfig(
+    vocab_size=32_000, dim=2048, n_layers=24, n_heads=32, n_kv_heads=32,
+    ffn_dim=5461, max_seq_len=256,
+  ),
+  # LLaMA-7B's shape (GaLore's configs/llama_7b.json).
+  '7b': LlamaConfig(
+    vocab_size=32_000, dim=4096, n_layers=32, n_heads=32, n_kv_heads=32,
+    ffn_dim=11008, max_seq_len=2048,
+  ),
   # HuggingFaceTB/SmolLM2-135M(-Instruct).
   'smollm2_135m': LlamaConfig(
     vocab_size=49_152, dim=576, n_layers=30, n_heads=9, n_kv_heads=3,
@@ -111,7 +129,8 @@ def get_config(name: str, **overrides: Any) -> LlamaConfig:
   """Returns a named preset, optionally with some fields overridden.
 
   Args:
-    name: One of `PRESETS` ('tiny', 'small', '60m', '130m', 'smollm2_135m').
+    name: One of `PRESETS` ('tiny', 'small', '60m', '130m', '350m', '1b',
+      '7b', 'smollm2_135m').
     **overrides: Fields to replace, e.g. `vocab_size=16384`.
 
   Returns:
@@ -148,6 +167,10 @@ def param_count(config: LlamaConfig) -> int:
 
 LOGICAL_AXES = ('vocab', 'embed', 'heads', 'kv_heads', 'mlp', 'norm')
 
+# The mesh axes that split a batch, where the mesh has them: the model keeps
+# its activations split over them along the batch (`split_batch`).
+BATCH_AXES = ('data', 'fsdp')
+
 # Everything replicated (single device, or pure data parallelism).
 REPLICATED_RULES: LogicalRules = tuple((name, None) for name in LOGICAL_AXES)
 
@@ -162,6 +185,46 @@ FSDP_TP_RULES: LogicalRules = (
   ('vocab', 'model'), ('embed', 'data'), ('heads', 'model'),
   ('kv_heads', 'model'), ('mlp', 'model'), ('norm', None),
 )
+
+
+def axis_sizes(config: LlamaConfig) -> dict[str, int]:
+  """The array dimension each logical axis name labels, for `config`."""
+  hd = config.head_dim
+  return {'vocab': config.vocab_size, 'embed': config.dim,
+          'heads': config.n_heads * hd, 'kv_heads': config.n_kv_heads * hd,
+          'mlp': config.ffn_dim, 'norm': config.dim}
+
+
+def fit_rules(rules: LogicalRules, config: LlamaConfig,
+              mesh_shape: dict[str, int]
+              ) -> tuple[LogicalRules, tuple[str, ...]]:
+  """``rules`` with the axes that cannot split `config`'s arrays replicated.
+
+  A sharded array dimension must be a multiple of the number of shards
+  (e.g. the 1B preset's ``ffn_dim`` 5461 over a tensor axis of 8): such a
+  logical axis is mapped to None instead, and named.
+
+  Args:
+    rules: logical-to-mesh rules such as `FSDP_TP_RULES`.
+    config: the model.
+    mesh_shape: the mesh's axis sizes, e.g. ``dict(mesh.shape)``.
+
+  Returns:
+    The rules, and the logical axes they replicate that ``rules`` split.
+  """
+  sizes = axis_sizes(config)
+  out, dropped = [], []
+  for name, axes in rules:
+    names = (axes,) if isinstance(axes, str) else tuple(axes or ())
+    shards = 1
+    for axis in names:
+      shards *= mesh_shape.get(axis, 1)
+    if names and name in sizes and sizes[name] % shards:
+      out.append((name, None))
+      dropped.append(name)
+    else:
+      out.append((name, axes))
+  return tuple(out), tuple(dropped)
 
 
 def _logical_names(state: nnx.State) -> set[str]:
@@ -214,3 +277,48 @@ def named_shardings(
     partition_specs(model, rules),
     is_leaf=lambda x: isinstance(x, PartitionSpec),
   )
+
+
+# ------------------------------------------------------------------------------
+# Activations on a mesh
+# ------------------------------------------------------------------------------
+
+
+def batch_axes_of_mesh() -> tuple[str, ...]:
+  """The mesh's axes that split the batch (none if they split nothing)."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty:
+    return ()
+  axes = tuple(a for a in BATCH_AXES if a in mesh.axis_names)
+  return axes if math.prod(mesh.shape[a] for a in axes) > 1 else ()
+
+
+def split_batch(x: jax.Array) -> jax.Array:
+  """Keeps activations split over the mesh's batch axes along the batch.
+
+  The parameters are sharded over the same axes (FSDP, on their 'embed'
+  dimension), so without this XLA's propagation may split a matmul's
+  contraction instead and all-reduce whole activations of the global
+  batch on every device. No-op unless those axes split the batch.
+  """
+  axes = batch_axes_of_mesh()
+  if not axes:
+    return x
+  return jax.lax.with_sharding_constraint(x, jax.sharding.PartitionSpec(axes))
+
+
+def embed_tokens(embed: nnx.Embed, tokens: jax.Array) -> jax.Array:
+  """``embed(tokens)``, its table's features gathered first on a mesh.
+
+  FSDP splits the table's feature dimension over the batch axes; asked to
+  look up a batch split over the same axes, XLA's partitioner falls back
+  to replicating the whole lookup ("involuntary full rematerialization").
+  Gathering the features first, as FSDP does for every weight, leaves the
+  vocabulary's split (tensor parallelism) to XLA.
+  """
+  if not batch_axes_of_mesh():
+    return embed(tokens)
+  P = jax.sharding.PartitionSpec
+  table = jax.lax.with_sharding_constraint(embed.embedding[...],
+                                           P(P.UNCONSTRAINED, None))
+  return jnp.take(table.astype(embed.dtype or table.dtype), tokens, axis=0)

@@ -3,7 +3,9 @@
 Each checkpoint step holds three items: ``state`` (every array of the model
 and the optimizer, by path; placeholders such as ``optax.MaskedNode`` hold
 no data and are left out), ``curves`` (the run's logged curves) and
-``meta`` (the configuration fingerprint of the run that wrote it). Resuming
+``meta`` (the configuration fingerprint of the run that wrote it); a run
+reading C4-format shards adds ``data``, each process's data position
+(grain's handler: one JSON file per process). Resuming
 compares the fingerprint first and refuses a directory written by another
 configuration (model shape, optimizer, SGG settings, schedule, data, seed),
 naming the fields that differ, instead of restoring half of it.
@@ -182,12 +184,18 @@ def _check_stored_keys(manager: Any, step: int, wanted: dict[str, Any]
 
 
 class Checkpointer:
-  """Save/resume of the model, optimizer and curves (multi-host safe)."""
+  """Save/resume of the model, optimizer and curves (multi-host safe).
+
+  Attributes:
+    data: a grain iterator (the training data's position), saved and
+      restored with every checkpoint when set.
+  """
 
   def __init__(self, directory: str, every: int, cfg: Any):
     self.directory = directory
     self.every = every
     self.cfg = cfg
+    self.data: Any = None
     check_compatible(directory, cfg)
     self.manager = _manager(directory, create=True)
 
@@ -202,9 +210,13 @@ class Checkpointer:
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
       _flat_arrays(model, opt))
     _check_stored_keys(self.manager, step, abstract)
-    got = self.manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(abstract),
-      curves=ocp.args.JsonRestore()))
+    items = dict(state=ocp.args.StandardRestore(abstract),
+                 curves=ocp.args.JsonRestore())
+    if self.data is not None:
+      import grain
+
+      items['data'] = grain.checkpoint.CheckpointRestore(self.data)
+    got = self.manager.restore(step, args=ocp.args.Composite(**items))
     _restore_into(dict(got['state']), model, opt)
     if jax.process_index() == 0:
       print(f'resumed from step {step} (checkpoint {self.directory})',
@@ -222,8 +234,12 @@ class Checkpointer:
     if self.manager.latest_step() == step:
       return
     meta = json.loads(json.dumps(fingerprint(self.cfg)))
-    self.manager.save(step, args=ocp.args.Composite(
-      state=ocp.args.StandardSave(_flat_arrays(model, opt)),
-      curves=ocp.args.JsonSave(curves), meta=ocp.args.JsonSave(meta)),
-      force=True)
+    items = dict(state=ocp.args.StandardSave(_flat_arrays(model, opt)),
+                 curves=ocp.args.JsonSave(curves),
+                 meta=ocp.args.JsonSave(meta))
+    if self.data is not None:
+      import grain
+
+      items['data'] = grain.checkpoint.CheckpointSave(self.data)
+    self.manager.save(step, args=ocp.args.Composite(**items), force=True)
     self.manager.wait_until_finished()

@@ -130,7 +130,8 @@ class TrainConfig:
     diag_every: SGG diagnostics period (0: at every refresh and the end).
     divergence_factor: stop when the training loss exceeds this multiple of
       the first step's loss (NaN/Inf always stops).
-    mesh: 'data=N,model=M' ('' : every device on 'data').
+    mesh: 'data=N,model=M' ('' : every device on 'data'), or
+      'data=D,fsdp=F,model=M' (parameters sharded over 'fsdp' only).
     ckpt_dir: orbax checkpoint directory ('' : none).
     ckpt_every: checkpoint period in steps (0: only at the end).
     data_dir: directory of pre-tokenized `<name>-{train,validation}.npy`
@@ -140,6 +141,14 @@ class TrainConfig:
       adapters, embeddings, head and norms train. Also the rank of the
       optimizers relora (its adapters), galore (its projection; no
       adapters) and lowrank (the factorised kernels; no adapters).
+    data_glob: glob of training shards in C4's format (``*.json.gz`` or
+      ``*.jsonl``, one JSON object with a ``text`` field per line), read
+      instead of `corpus` with grain, each process its share, the position
+      saved in checkpoints (experiments/pretraining/c4.py); needs
+      `eval_glob` and `tokenizer_file`.
+    eval_glob: glob of the validation shards of `data_glob` (dev: every
+      tenth document of their first 10M tokens; test: the rest).
+    tokenizer_file: a ``tokenizers`` JSON file (e.g. T5's) for `data_glob`.
   """
 
   preset: str = 'tiny'
@@ -180,6 +189,9 @@ class TrainConfig:
   ckpt_every: int = 0
   data_dir: str = ''
   lora_rank: int = 0
+  data_glob: str = ''
+  eval_glob: str = ''
+  tokenizer_file: str = ''
 
   def replace(self, **changes: Any) -> TrainConfig:
     """Returns a copy with some fields changed."""

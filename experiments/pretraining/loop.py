@@ -35,7 +35,11 @@ from experiments.pretraining.config import (
   SGG_OPTIMIZERS,
   TrainConfig,
 )
-from experiments.pretraining.distributed import make_mesh, sharding_rules
+from experiments.pretraining.distributed import (
+  batch_axes,
+  make_mesh,
+  sharding_rules,
+)
 from experiments.pretraining.optim import (
   build_optimizer,
   normalized_schedule,
@@ -45,6 +49,7 @@ from experiments.pretraining.step import _create, _Stepper, model_config
 from experiments.pretraining.streams import (
   Streams,
   _global_batch,
+  c4_batches,
   load_streams,
 )
 
@@ -98,12 +103,12 @@ def _setup(cfg: TrainConfig, mesh: jax.sharding.Mesh, streams: Streams
            ) -> _Setup:
   """Builds the sharded model and optimizer and the dev/test windows."""
   mcfg = model_config(cfg, streams.vocab_size)
-  model, opt = _create(mcfg, build_optimizer(cfg), sharding_rules(mesh),
+  model, opt = _create(mcfg, build_optimizer(cfg), sharding_rules(mesh, mcfg),
                        jnp.int32(cfg.seed), *optim_rows.model_ranks(cfg))
   set_peak_lr(opt, cfg.lr)
   count = lambda tree: sum(int(np.prod(x.shape))
                            for x in jax.tree.leaves(tree))
-  sharding = NamedSharding(mesh, P('data'))
+  sharding = NamedSharding(mesh, P(batch_axes(mesh)))
   sets = {name: evaluation.make_eval_set(
             name, tokens, seq_len=cfg.seq_len, num_windows=cfg.eval_windows,
             batch_size=cfg.eval_batch_size or cfg.batch_size,
@@ -227,12 +232,17 @@ def _periodic_due(cfg: TrainConfig, done: int,
               or (ckpt is not None and ckpt.due(done)))
 
 
-def _loop(cfg: TrainConfig, s: _Setup, train_tokens: np.ndarray, start: int,
-          curves: dict[str, Any], ckpt: checkpointing.Checkpointer | None,
-          bar: tqdm) -> tuple[_TrainLog, _Clock]:
-  """Steps ``start .. cfg.steps - 1``; stops early on divergence."""
+def _loop(cfg: TrainConfig, s: _Setup, train_tokens: np.ndarray | None,
+          start: int, curves: dict[str, Any],
+          ckpt: checkpointing.Checkpointer | None, bar: tqdm,
+          data: Any = None) -> tuple[_TrainLog, _Clock]:
+  """Steps ``start .. cfg.steps - 1``; stops early on divergence.
+
+  ``data`` (C4-format shards) yields this process's rows of each batch from
+  the restored position; otherwise batches are drawn from ``train_tokens``.
+  """
   log, clock = _TrainLog(cfg, curves), _Clock()
-  batches = train_batches(
+  batches = data if data is not None else train_batches(
     train_tokens, batch_size=cfg.batch_size, seq_len=cfg.seq_len,
     seed=cfg.seed, start_step=start, process_index=jax.process_index(),
     process_count=jax.process_count())
@@ -309,7 +319,9 @@ def _result(cfg: TrainConfig, s: _Setup, mesh: jax.sharding.Mesh,
     'provenance': records.provenance(argv),
     'mesh': dict(mesh.shape),
     'splits': {
-      'train_tokens': len(streams.train), 'dev_tokens': len(streams.dev),
+      'train_tokens': (None if streams.train is None
+                       else len(streams.train)),
+      'dev_tokens': len(streams.dev),
       'test_tokens': len(streams.test),
       'dev': f'every {evaluation.DEV_EVERY}th piece of the training stream',
       'eval_windows': s.test.num_windows,
@@ -367,6 +379,9 @@ def train(cfg: TrainConfig, *, out: str | os.PathLike[str] | None = None,
           if cfg.ckpt_dir else None)  # refuses a foreign checkpoint first
   streams = streams if streams is not None else load_streams(cfg)
   mesh = mesh or make_mesh(cfg.mesh)
+  data = c4_batches(cfg) if cfg.data_glob else None
+  if ckpt is not None:
+    ckpt.data = data  # saved and restored with the state
   with jax.set_mesh(mesh):
     s = _setup(cfg, mesh, streams)
     restored = ckpt.restore(s.model, s.opt) if ckpt is not None else None
@@ -374,7 +389,8 @@ def train(cfg: TrainConfig, *, out: str | os.PathLike[str] | None = None,
     bar = tqdm(total=cfg.steps, initial=start, desc=desc or cfg.optimizer,
                disable=not (progress and jax.process_index() == 0),
                leave=False, dynamic_ncols=True, mininterval=1.0)
-    log, clock = _loop(cfg, s, streams.train, start, curves, ckpt, bar)
+    log, clock = _loop(cfg, s, streams.train, start, curves, ckpt, bar,
+                       data)
     bar.close()
     final_step, losses = _finish(cfg, s, log, curves, ckpt, start)
     run = dict(log=log, clock=clock, losses=losses, final_step=final_step,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import pathlib
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
@@ -16,9 +16,13 @@ from experiments.pretraining.config import TrainConfig
 
 
 class Streams(NamedTuple):
-  """The token streams of a run: train, dev (carved from train) and test."""
+  """The token streams of a run: train, dev (carved from train) and test.
 
-  train: np.ndarray
+  ``train`` is None for C4-format shards (`cfg.data_glob`), read as the
+  run goes (`c4_batches`).
+  """
+
+  train: np.ndarray | None
   dev: np.ndarray
   test: np.ndarray
   vocab_size: int
@@ -76,15 +80,37 @@ def load_streams(cfg: TrainConfig) -> Streams:
   (`experiments.common.tokenizer`, cached) and, when `data_dir` is set,
   saved there.
 
+  With `cfg.data_glob` (C4-format shards), dev and test come from the
+  validation shards (`c4.eval_streams`) and the training batches from
+  `c4_batches`.
+
   Args:
     cfg: the run's configuration.
 
   Returns:
     The streams.
   """
+  if cfg.data_glob:
+    from experiments.pretraining import c4
+
+    tok = c4.load_tokenizer(cfg.tokenizer_file)
+    dev, test = c4.eval_streams(cfg.eval_glob, tok)
+    return Streams(None, dev, test, tok.vocab_size)
   train, test, vocab, eos_id = _data_py_streams(cfg)
   train, dev = evaluation.split_dev(train, eos_id)
   return Streams(train, dev, test, vocab)
+
+
+def c4_batches(cfg: TrainConfig) -> Any:
+  """This process's training batches of `cfg.data_glob`, from the start:
+  a grain iterator whose state is the data position (`c4.train_dataset`).
+  """
+  from experiments.pretraining import c4
+
+  return iter(c4.train_dataset(
+    cfg.data_glob, c4.load_tokenizer(cfg.tokenizer_file),
+    seq_len=cfg.seq_len, batch_size=cfg.batch_size, seed=cfg.seed,
+    process_index=jax.process_index(), process_count=jax.process_count()))
 
 
 def _global_batch(local: np.ndarray, sharding: NamedSharding,

@@ -27,7 +27,12 @@ from experiments.pretraining.config import (
   never_refreshes,
   warn_deprecated,
 )
-from experiments.pretraining.distributed import init_distributed, parse_mesh
+from experiments.pretraining.distributed import (
+  batch_axes,
+  batch_shards,
+  init_distributed,
+  parse_mesh,
+)
 from experiments.pretraining.loop import train
 from experiments.pretraining.streams import exported_streams
 
@@ -64,15 +69,22 @@ def check_config(parser: argparse.ArgumentParser, cfg: TrainConfig,
     axes = parse_mesh(cfg.mesh)
   except ValueError as e:
     parser.error(f'argument --mesh: {e}')
-  data = axes['data']
+  data = batch_shards(axes)
   for flag, size in [('--batch-size', cfg.batch_size),
                      ('--eval-batch-size', cfg.eval_batch_size)] + [
                        ('--batch-sizes', b) for b in batch_sizes]:
     if size and (size % data or size % jax.process_count()):
+      split = ' x '.join(repr(a) for a in batch_axes(axes))
       parser.error(f'argument {flag}: {size} is not divisible by the mesh '
-                   f"'data' axis ({data}) and the {jax.process_count()} "
+                   f'{split} axis ({data}) and the {jax.process_count()} '
                    'process(es)')
-  if exported_streams(cfg) is None:
+  if cfg.data_glob or cfg.eval_glob or cfg.tokenizer_file:
+    from experiments.pretraining import c4
+
+    for flag, error in c4.config_errors(cfg.data_glob, cfg.eval_glob,
+                                        cfg.tokenizer_file):
+      parser.error(f'argument {flag}: {error}')
+  elif exported_streams(cfg) is None:
     try:
       corpora.load_corpus(cfg.corpus)
     except corpora.CorpusUnavailableError as e:

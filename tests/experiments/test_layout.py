@@ -13,8 +13,9 @@ EXPERIMENTS = ROOT / 'experiments'
 MAX_LINES = 450
 # `python -m experiments.<name>` for every command; nothing else at the top.
 COMMANDS = ('bench_overhead', 'bench_step', 'claims', 'demo', 'finetune',
-            'pretrain', 'reproduce', 'soak', 'train')
-PACKAGES = ('bench', 'common', 'finetuning', 'pretraining', 'report')
+            'podscale', 'pretrain', 'reproduce', 'soak', 'train')
+PACKAGES = ('bench', 'common', 'finetuning', 'pretraining', 'report',
+            'scaling')
 
 
 def _modules() -> dict[str, pathlib.Path]:
