@@ -208,6 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
 
   assert sorted(RUN_ORDER) == sorted(programs.VARIANTS)
   parser = argparse.ArgumentParser(
+      prog='python -m experiments.podscale',
     description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
   parser.add_argument('--out', default='experiments/results/podscale',
                       help='results folder')

@@ -59,12 +59,13 @@ def test_the_train_step_holds_no_conditional():
         stepper.graphdef, stepper.state, batch, refresh).compile().as_text()
              for refresh in (False, True)}
   assert not op.search(texts[False])
-  # The refresh step holds the refresh (its internal conditionals are
-  # K-means' start and the per-layer read-out, not the schedule).
-  # Only the refresh sorts float values (its sample's medians); a plain step
-  # sorts at most the int32 row offsets (sampling.opaque_ints).
-  float_sort = re.compile(r'=\s*\(?f32\[[^\n]*?\ssort\(')
-  assert float_sort.search(texts[True]) and not float_sort.search(
+  # The refresh step holds the refresh (its internal conditional is the
+  # per-layer read-out, not the schedule).
+  # Only the refresh sorts its (G, S) sample (K-means, as int32 keys); a
+  # plain step sorts at most the 1-D int32 row offsets
+  # (sampling.opaque_ints).
+  sample_sort = re.compile(r'=\s*\(?s32\[\d+,\d+\][^\n]*?\ssort\(')
+  assert sample_sort.search(texts[True]) and not sample_sort.search(
       texts[False])
   assert [stepper.refresh(i) for i in range(7)] == [
       sgg_optax.refresh_due(i, 3) for i in range(7)]
