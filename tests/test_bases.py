@@ -476,8 +476,7 @@ def test_sgg_alias_is_its_base_until_the_first_refresh(name):
 
 
 def test_came_sgg_clusters_the_first_moment_with_a_refresh_program():
-  tx = sgg_optax.came_sgg(1e-2, recluster_interval=1, num_clusters=2,
-                          kmeans_iters=3)
+  tx = sgg_optax.came_sgg(1e-2, recluster_interval=1, num_clusters=2)
   state = tx.init(_SGG_PARAMS)
   _, state = jax.jit(functools.partial(tx.update, sgg_refresh=False))(
       _grads(0), state, _SGG_PARAMS)

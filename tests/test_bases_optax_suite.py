@@ -30,8 +30,7 @@ from optax.contrib import _common_test as suite
 
 import sgg_optax
 
-_SGG = dict(num_clusters=2, recluster_interval=3, sample_size=64,
-            kmeans_iters=3)
+_SGG = dict(num_clusters=2, recluster_interval=3, sample_size=64)
 
 
 def _blocks(name, leaf):

@@ -21,7 +21,7 @@ def loss(params):
 # (the integers that fix shapes stay static).
 tx = optax.inject_hyperparams(
     sgg_optax.adamw_sgg,
-    static_args=('num_clusters', 'kmeans_iters', 'sample_size'))(
+    static_args=('num_clusters', 'sample_size'))(
         learning_rate=1e-2, recluster_interval=500, beta3=0.99)
 
 
