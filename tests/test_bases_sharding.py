@@ -106,7 +106,9 @@ def _check_state_specs(s_sh, abstract) -> None:
       moments += 1
     elif not (x.shape == _problem.SHAPES.get(param)
               and sh.spec == _problem.SPECS[param]):
-      assert sh.spec == P(), (path, x.shape, sh.spec)
+      # Replicated: on a mesh with explicit axes ``state_shardings`` spells
+      # it P(None, ...), as a jitted step returns it.
+      assert all(a is None for a in sh.spec), (path, x.shape, sh.spec)
   assert moments >= 1
 
 
