@@ -202,6 +202,17 @@ def _cell_text(records: Sequence[dict[str, Any]]) -> str:
   return text
 
 
+def breaking_title(result: dict[str, Any]) -> str:
+  """The grid's heading: its regime, from the result."""
+  return (f'Where Adam breaks: {result["steps"]} steps per cell, gradient '
+          f'clipping {result["clip_norm"] or "off"}, warm-up '
+          f'{result["warmup_frac"]:.0%}, tuned Adam LR {result["base_lr"]:g}; '
+          'per cell: diverged seeds / seeds (NaN/Inf or loss over '
+          f'{result["divergence_factor"]}x the first), largest spike (nats '
+          'over the running minimum), mean final test loss of the finished '
+          'seeds')
+
+
 def breaking_table(result: dict[str, Any]) -> str:
   """The grid as Markdown: per cell, diverged seeds / seeds, the largest
   spike (nats above the running minimum) and the mean final test loss of

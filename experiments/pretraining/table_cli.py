@@ -23,7 +23,11 @@ from experiments.pretraining.c4_table import (
   default_rank,
 )
 from experiments.pretraining.config import TrainConfig, optimizer_name
-from experiments.pretraining.robustness import breaking, breaking_table
+from experiments.pretraining.robustness import (
+  breaking,
+  breaking_table,
+  breaking_title,
+)
 from experiments.pretraining.runner import Runner, StoredRuns
 
 Show = Callable[[str, str], None]
@@ -128,13 +132,8 @@ def run_breaking(args: argparse.Namespace, base: TrainConfig,
                  args.breaking_seeds, max(args.split_seeds,
                                           args.breaking_seeds),
                  args.breaking_past, s['t_frac'])
-  title = (f'Where Adam breaks: {base.steps} steps per cell, gradient '
-           f'clipping {args.breaking_clip or "off"}, warm-up '
-           f'{args.breaking_warmup:.0%}, tuned Adam LR {lr:g}; per cell: '
-           'diverged seeds / seeds (NaN/Inf or loss over '
-           f'{base.divergence_factor}x the first), largest spike (nats over '
-           'the running minimum), mean final test loss of the finished seeds')
-  _write(out, 'breaking', res, title, breaking_table(res), show)
+  _write(out, 'breaking', res, breaking_title(res), breaking_table(res),
+         show)
   return res
 
 

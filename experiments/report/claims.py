@@ -14,7 +14,13 @@ writes two Markdown files:
 Runs are paired by seed (same initialisation and batches). The interval is
 a Student t interval over the per-seed paired differences, with n - 1
 degrees of freedom: mean +- t(0.975, n - 1) * sd / sqrt(n), sd with ddof 1
-(n = 3 seeds: t = 4.303). Only NumPy; nothing trains. ``--readme`` also
+(n = 3 seeds: t = 4.303). Claims 2 and 5 read the paper's C4 table at our
+scale (``c4_table/``) and claim 3 the grid of where Adam breaks
+(``breaking/``: a divergence is counted seed by seed, and the seeds where
+exactly one of SGG and its base diverged decide by an exact sign test)
+once their ``c4_table.json`` and ``breaking.json`` are there; until then
+each keeps its earlier evidence, which stays in the details beside the
+new. Only NumPy; nothing trains. ``--readme`` also
 pastes the claims table into ``experiments/results/README.md`` between
 its ``<!-- claims:begin -->`` / ``<!-- claims:end -->`` markers;
 ``tests/experiments/test_claims.py`` fails when any committed copy differs
@@ -23,7 +29,8 @@ from what this script writes.
 
 # The command of `python -m experiments.claims`: the evidence (runs,
 # statistics, scales) is experiments/report/evidence.py, the claims and
-# their verdicts experiments/report/verdicts.py; this module renders them.
+# their verdicts experiments/report/verdicts.py (table_claims.py,
+# robustness_claim.py); this module renders them.
 
 from __future__ import annotations
 

@@ -10,7 +10,11 @@ Each table of ``experiments/results/README.md`` sits between
   arm's test PPL seed by seed and its paired difference to its base;
 * ``robustness`` and ``ablations``: experiments 3 and 4's tables from the
   folder's ``robustness.json`` and ``ablations.json``, which the command
-  wrote from its runs.
+  wrote from its runs;
+* ``c4_table`` and ``breaking``: the paper's C4 table at our scale and the
+  grid of where Adam breaks, with their headings, from the folder's
+  ``c4_table.json`` and ``breaking.json``. A block whose folder has no such
+  file yet (`present`) needs no markers.
 
 ``python -m experiments.claims --readme`` pastes them (with the claims
 table); ``tests/experiments/test_results_readme.py`` fails when a pasted
@@ -26,9 +30,14 @@ import shlex
 from typing import Any
 
 from experiments.pretraining.ablations import ablation_table
+from experiments.pretraining.c4_table import c4_markdown, c4_title
 from experiments.pretraining.config import LABELS
 from experiments.pretraining.pretrain_cli import stored_compare
-from experiments.pretraining.robustness import robustness_table
+from experiments.pretraining.robustness import (
+  breaking_table,
+  breaking_title,
+  robustness_table,
+)
 
 RESULTS = pathlib.Path(__file__).resolve().parents[1] / 'results'
 
@@ -39,6 +48,15 @@ BLOCKS: dict[str, tuple[str, str]] = {
     'cpu_tiny_lora_pretrain': ('cpu_tiny_lora_pretrain', 'compare'),
     'robustness': ('cpu_tiny_robustness_ablations', 'robustness'),
     'ablations': ('cpu_tiny_robustness_ablations', 'ablations'),
+    'c4_table': ('c4_table', 'c4_table'),
+    'breaking': ('breaking', 'breaking'),
+}
+# The tables drawn from one JSON file of their folder: (heading, table).
+_FROM_JSON = {
+    'robustness': (None, robustness_table),
+    'ablations': (None, ablation_table),
+    'c4_table': (c4_title, c4_markdown),
+    'breaking': (breaking_title, breaking_table),
 }
 
 _BLOCK = re.compile(
@@ -74,15 +92,24 @@ def seeds_table(result: dict[str, Any]) -> str:
   return '\n'.join(lines)
 
 
-def render(name: str) -> str:
+def present(results: pathlib.Path = RESULTS) -> set[str]:
+  """The blocks whose results exist: a compare block's folder, or the
+  JSON file the others are drawn from."""
+  return {name for name, (folder, kind) in BLOCKS.items()
+          if (results / folder / ('' if kind == 'compare' else
+                                  f'{kind}.json')).exists()}
+
+
+def render(name: str, results: pathlib.Path = RESULTS) -> str:
   """The Markdown of block ``name``."""
   folder, kind = BLOCKS[name]
   if kind == 'compare':
     table, result = compare_result(folder)
     return f'{table}\n\n{seeds_table(result)}'
-  result = json.loads((RESULTS / folder / f'{kind}.json').read_text())
-  return (robustness_table(result) if kind == 'robustness'
-          else ablation_table(result)).rstrip('\n')
+  result = json.loads((results / folder / f'{kind}.json').read_text())
+  title, table = _FROM_JSON[kind]
+  text = table(result).rstrip('\n')
+  return f'{title(result)}\n\n{text}' if title else text
 
 
 def blocks(readme: str) -> dict[str, str]:
@@ -91,10 +118,10 @@ def blocks(readme: str) -> dict[str, str]:
           for m in _BLOCK.finditer(readme)}
 
 
-def paste(readme: str) -> str:
+def paste(readme: str, results: pathlib.Path = RESULTS) -> str:
   """``readme`` with every block rendered afresh."""
-  missing = set(BLOCKS) - set(blocks(readme))
+  missing = present(results) - set(blocks(readme))
   if missing:
     raise ValueError(f'the README has no markers for {sorted(missing)}')
-  return _BLOCK.sub(lambda m: m.group(1) + render(m.group(2)) + m.group(3),
-                    readme)
+  return _BLOCK.sub(lambda m: m.group(1) + render(m.group(2), results)
+                    + m.group(3), readme)

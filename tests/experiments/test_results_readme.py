@@ -17,6 +17,7 @@ import pytest
 
 from experiments.pretraining.config import canonical
 from experiments.report import tables
+from tests.experiments import claims_fixture
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 README = ROOT / 'experiments' / 'results' / 'README.md'
@@ -24,13 +25,15 @@ RESULTS = ROOT / 'experiments' / 'results'
 
 
 def test_every_table_is_pasted_once():
+  """Every block whose results are committed, once (a folder not yet run
+  needs no markers)."""
   text = README.read_text()
-  assert set(tables.blocks(text)) == set(tables.BLOCKS)
-  for name in tables.BLOCKS:
+  assert set(tables.blocks(text)) == tables.present()
+  for name in tables.present():
     assert text.count(f'<!-- table:{name}:begin -->') == 1, name
 
 
-@pytest.mark.parametrize('name', sorted(tables.BLOCKS))
+@pytest.mark.parametrize('name', sorted(tables.present()))
 def test_table_matches_the_jsons(name):
   assert tables.blocks(README.read_text())[name] == tables.render(name), (
       f'{name}: run `python -m experiments.claims --readme`')
@@ -200,3 +203,30 @@ def test_each_table_heading_names_its_experiment():
     heading = section[section.rindex('\n## '):].splitlines()[1]
     assert title.split(':')[0] == heading.split(':')[0].lstrip('# '), (
         name, title, heading)
+
+
+def test_the_c4_and_breaking_tables_from_their_jsons(tmp_path):
+  """The blocks of the C4 table and the breaking grid: heading and table
+  from the folder's JSON, pasted once its JSON is there."""
+  assert tables.present(tmp_path) == set()
+  claims_fixture.c4_table(tmp_path)
+  claims_fixture.breaking(tmp_path)
+  assert tables.present(tmp_path) == {'c4_table', 'breaking'}
+  c4 = tables.render('c4_table', tmp_path)
+  assert c4.startswith("The paper's C4 table at our scale (tiny LLaMA, "
+                       'bbc_news, seq 128, batch 16, 100 steps;')
+  assert '| *Pre-training with full-rank optimizers* |' in c4
+  # LAMB+SGG's paired column: -10, -11, -9 (t = 4.303, n = 3).
+  assert '| lamb_sgg_momentum | 0.003 | 100.00 ± 10.54 | -10.00 [-12.48, '\
+      '-7.52] | — (LLaVA table only) |' in c4
+  assert '| apollo | | unavailable: apollo needs sgg_optax.apollo |' in c4
+  grid = tables.render('breaking', tmp_path)
+  assert grid.startswith('Where Adam breaks: 100 steps per cell, gradient '
+                         'clipping off, warm-up 0%, tuned Adam LR 0.001;')
+  assert '| 16 | 0.1 (100x) | 3/3 div | 0/3 div, spike 0.10, 4.990 |' in grid
+  readme = ''.join(f'<!-- table:{n}:begin -->\nold\n<!-- table:{n}:end -->\n'
+                   for n in ('c4_table', 'breaking'))
+  pasted = tables.blocks(tables.paste(readme, tmp_path))
+  assert pasted == {'c4_table': c4, 'breaking': grid}
+  with pytest.raises(ValueError, match="no markers for \\['breaking'\\]"):
+    tables.paste(readme.split('<!-- table:breaking')[0], tmp_path)
