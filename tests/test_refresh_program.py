@@ -35,16 +35,17 @@ def _grads(t):
       _params(), dict(zip(('w', 'blocks', 'b'), jax.random.split(key, 3))))
 
 
-def _build(assignment, scale_rule):
+def _build(assignment, scale_rule, num_clusters=3):
   part = sgg_optax.with_sgg(
-      optax.scale_by_adam(), num_clusters=3, recluster_interval=T, beta3=0.5,
+      optax.scale_by_adam(), num_clusters=num_clusters, recluster_interval=T,
+      beta3=0.5,
       stacked_layers={'w': False, 'blocks': True, 'b': False},
       assignment=assignment, scale_rule=scale_rule, sample_size=128)
   return part, optax.chain(part, optax.scale_by_learning_rate(0.1))
 
 
-def _loops(assignment, scale_rule, jit):
-  part, tx = _build(assignment, scale_rule)
+def _loops(assignment, scale_rule, jit, num_clusters=3):
+  part, tx = _build(assignment, scale_rule, num_clusters)
   wrap = jax.jit if jit else (lambda f: f)
   own = wrap(lambda g, s: tx.update(g, s))
   plain = wrap(lambda g, s: tx.update(g, s, sgg_refresh=False))
@@ -65,8 +66,10 @@ def _loops(assignment, scale_rule, jit):
 @pytest.mark.parametrize('assignment', ['frozen', 'dynamic'])
 def test_refresh_program_is_the_own_schedule_refresh_op_by_op(assignment,
                                                               scale_rule):
+  # K = 2: K-means needs no table recursion, whose eager ops (each its own
+  # small compile) would dominate; the compiled test below runs K = 3.
   with jax.disable_jit():
-    rows = _loops(assignment, scale_rule, jit=False)
+    rows = _loops(assignment, scale_rule, jit=False, num_clusters=2)
   refreshed = 0
   for due, u_own, s_own, u_prog, s_prog in rows:
     # The states (momentum, SGG statistics, ids, count) are bitwise equal

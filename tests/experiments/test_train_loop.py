@@ -12,7 +12,8 @@ from experiments.pretraining.config import TrainConfig
 from experiments.pretraining.distributed import make_mesh
 from experiments.pretraining.streams import load_streams
 
-_CFG = dict(preset='tiny', steps=7, batch_size=4, seq_len=32,
+_CFG = dict(preset='tiny', n_layers=1, dim=64, vocab_size=512, steps=7,
+            batch_size=4, seq_len=32,
             recluster_interval=3, eval_windows=8, log_every=1)
 
 
