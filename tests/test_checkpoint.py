@@ -17,10 +17,6 @@ from jax.sharding import PartitionSpec as P
 from sgg_optax._src.sharding import state_shardings
 from tests import _problem
 
-# Its module fixture compiles once: xdist keeps the module on one worker
-# (pyproject.toml: --dist loadgroup).
-pytestmark = pytest.mark.xdist_group('checkpoint')
-
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 MID = _problem.INTERVAL + 1  # saved between the refreshes at T and 2T
 TOTAL = 3 * _problem.INTERVAL

@@ -19,10 +19,6 @@ import pytest
 import sgg_optax
 from sgg_optax._src import transform
 
-# Its module fixture compiles once: xdist keeps the module on one worker
-# (pyproject.toml: --dist loadgroup).
-pytestmark = pytest.mark.xdist_group('upgrade')
-
 ocp = pytest.importorskip('orbax.checkpoint')
 
 PARAMS = {'w': jnp.ones((8, 6)), 'b': jnp.zeros(6),

@@ -21,10 +21,6 @@ import pytest
 
 from experiments.scaling import cli, hlo, measure, programs, report
 
-# Its module fixture compiles once: xdist keeps the module on one worker
-# (pyproject.toml: --dist loadgroup).
-pytestmark = pytest.mark.xdist_group('podscale')
-
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 RESULTS = ROOT / 'experiments' / 'results' / 'podscale'
 MESH = 'data=2,fsdp=2,model=2'

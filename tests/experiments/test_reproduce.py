@@ -13,10 +13,6 @@ from experiments.pretraining import reproduce
 from experiments.pretraining.config import SMOKE, TrainConfig
 from experiments.pretraining.loop import train
 
-# Its module fixture compiles once: xdist keeps the module on one worker
-# (pyproject.toml: --dist loadgroup).
-pytestmark = pytest.mark.xdist_group('reproduce')
-
 
 def _run(losses, dev=6.0, test=6.1, cpu='A'):
   return {
