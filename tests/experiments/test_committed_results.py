@@ -28,16 +28,17 @@ RESULTS = ROOT / 'experiments' / 'results'
 # (experiments/results/README.md); `reproduce` decides that they are current
 # ...
 PRETRAINING = ('main_job_cpu', 'cpu_tiny_robustness_ablations',
-               'cpu_tiny_lora_pretrain', 'cpu_tiny_200')
-# ... of which those that reproduce at HEAD (none: all four ran SGG with
-# the Lloyd K-means of e3e55a6, before the refresh solved K-means exactly;
-# the results README says so) ...
+               'cpu_tiny_lora_pretrain', 'cpu_tiny_200', 'c4_table',
+               'breaking')
+# ... of which those that reproduce at HEAD (the first four ran SGG with the
+# Lloyd K-means of e3e55a6, before the refresh solved K-means exactly; the
+# results README says so) ...
 # ... fine-tuning folders whose runs were made by the code behind a run's
 # numbers at HEAD (their `code_key` is the run cache's key,
 # `experiments.finetuning.run.CODE_KEY`; the sweep reuses them) ...
 # (none: finetune_cls ran SGG with the Lloyd K-means of 27ff5f9)
 FINETUNING: tuple[str, ...] = ()
-REPRODUCING: tuple[str, ...] = ()
+REPRODUCING: tuple[str, ...] = ('c4_table', 'breaking')
 CURRENT = PRETRAINING + FINETUNING
 # ... and those run under the current method by an earlier code version
 # that was not re-run (a GPU run: no GPU measurement at this version; the
@@ -105,9 +106,9 @@ def test_every_run_json_carries_the_schema(folder):
   assert len(versions) == 1, f'{folder} mixes code versions: {versions}'
 
 
-def test_pretraining_folders_share_one_code_version():
-  versions = {_code_version(run) for folder in PRETRAINING
-              for _, run in _loaded(folder)}
+@pytest.mark.parametrize('folder', PRETRAINING)
+def test_a_pretraining_folder_is_one_code_version(folder):
+  versions = {_code_version(run) for _, run in _loaded(folder)}
   assert len(versions) == 1, versions
 
 
