@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from experiments.finetuning import breaking as ft_breaking
 from experiments.pretraining import optim_rows
 from experiments.pretraining.config import LABELS
 from experiments.pretraining.robustness import breaking_table
@@ -35,6 +36,7 @@ from experiments.report.evidence import (
 from experiments.report.rows import Row
 
 FOLDER = 'breaking'
+FINETUNE_FOLDER = 'finetune_breaking'
 # An SGG optimizer's base optimizer.
 SGG_BASE = {'adam_sgg_update': 'adam', 'adam_sgg_momentum': 'adam',
             'adafactor_sgg_update': 'adafactor'}
@@ -196,7 +198,7 @@ class Discordance:
 
 
 def _label(opt: str) -> str:
-  return LABELS.get(opt, opt)
+  return LABELS.get(opt, ft_breaking.LABELS.get(opt, opt))
 
 
 def discordance(result: dict[str, Any], sgg: str, base: str) -> Discordance:
@@ -217,6 +219,12 @@ def discordance(result: dict[str, Any], sgg: str, base: str) -> Discordance:
       elif r['test_loss'] is not None and b['test_loss'] is not None:
         finished.append(r['test_loss'] - b['test_loss'])
   return Discordance(sgg, base, finished=tuple(finished), **counts)
+
+
+def finetune_discordance(result: dict[str, Any]) -> Discordance:
+  """AdamW+SGG against AdamW over the fine-tuning grid's learning rates."""
+  cells = [{'runs': c['runs']} for c in result['cells']]
+  return discordance({'cells': cells}, 'adamw_sgg', 'adamw')
 
 
 def how_far(result: dict[str, Any], opt: str) -> str:
@@ -271,11 +279,17 @@ def breaking_row(root: pathlib.Path, old: Row) -> Row:
   div = {o: sum(r['diverged'] for r in rs) for o, rs in runs.items()}
   found = [discordance(result, o, SGG_BASE[o]) for o in opts
            if SGG_BASE.get(o) in opts]
+  tuning = root / FINETUNE_FOLDER / ft_breaking.FILE
+  tuned = json.loads(tuning.read_text()) if tuning.is_file() else None
+  if tuned:
+    found.append(finetune_discordance(tuned))
   split = [c for c in cells if c['split']]
   split_seeds = min((len(rs) for c in split for rs in c['runs'].values()),
                     default=0)
   far = how_far(result, ref)
-  if not any(div[d.base] for d in found) and not div[ref]:
+  base_diverged = [div[d.base] if d.base in div else d.only_base + d.both
+                   for d in found]
+  if not any(base_diverged) and not div[ref]:
     verdict = (f'**no instability to fix at this scale**: {_label(ref)} '
                f'never diverged, pushed to {far}, {_regime(result)}')
     alone = sum(d.only_sgg for d in found)
@@ -305,15 +319,28 @@ def breaking_row(root: pathlib.Path, old: Row) -> Row:
   mults = result['multipliers']
   lines = ['diverged runs: ' + ', '.join(
     f'{_label(o)} {div[o]}/{len(runs[o])}' for o in opts)]
-  lines += [d.text() for d in found]
+  lines += [d.text() for d in found if d.base != 'adamw']
   lines.append(f'{len(split)} split cells' + (
     f', {split_seeds}+ seeds each' if split else ''))
+  ft_extra = []
+  if tuned:
+    ft_runs = {o: [j for c in tuned['cells'] for j in c['runs'][o]]
+               for o in tuned['optimizers']}
+    lrs = [c['lr'] for c in tuned['cells']]
+    lines.append(
+        f'LoRA fine-tuning (`{FINETUNE_FOLDER}`, SmolLM2-135M, LR '
+        f'{lrs[0]:g}–{lrs[-1]:g}): diverged runs ' + ', '.join(
+            f'{_label(o)} {sum(j["diverged"] for j in js)}/{len(js)}'
+            for o, js in ft_runs.items()) + '; ' + found[-1].text())
+    ft_extra = [f'Claim 3 in LoRA fine-tuning (`{FINETUNE_FOLDER}`): '
+                + ft_breaking.title(tuned) + '.', '',
+                ft_breaking.table(tuned)]
   extra = '\n'.join([
     f'Claim 3, where {_label(ref)} breaks (`{FOLDER}`, {_regime(result)}; '
     'per cell: diverged seeds / seeds, the largest loss spike in nats over '
     'the running minimum, the mean final test loss of the seeds that '
     f'finished). {_label(ref)} was pushed to {far}.', '',
-    breaking_table(result), '', old.extra])
+    breaking_table(result), '', *ft_extra, old.extra])
   return Row(
     claim=old.claim, paper=old.paper,
     test=(f'{scale.short()}; LR {mults[0]:g}–{mults[-1]:g}x Adam\'s tuned '

@@ -13,8 +13,9 @@ Each table of ``experiments/results/README.md`` sits between
   wrote from its runs;
 * ``c4_table`` and ``breaking``: the paper's C4 table at our scale and the
   grid of where Adam breaks, with their headings, from the folder's
-  ``c4_table.json`` and ``breaking.json``. A block whose folder has no such
-  file yet (`present`) needs no markers.
+  ``c4_table.json`` and ``breaking.json``; ``finetune_breaking``, where
+  AdamW breaks in LoRA fine-tuning, from ``finetune_breaking.json``. A
+  block whose folder has no such file yet (`present`) needs no markers.
 
 ``python -m experiments.claims --readme`` pastes them (with the claims
 table); ``tests/experiments/test_results_readme.py`` fails when a pasted
@@ -29,6 +30,7 @@ import re
 import shlex
 from typing import Any
 
+from experiments.finetuning import breaking as ft_breaking
 from experiments.pretraining.ablations import ablation_table
 from experiments.pretraining.c4_table import c4_markdown, c4_title
 from experiments.pretraining.config import LABELS
@@ -50,6 +52,7 @@ BLOCKS: dict[str, tuple[str, str]] = {
     'ablations': ('cpu_tiny_robustness_ablations', 'ablations'),
     'c4_table': ('c4_table', 'c4_table'),
     'breaking': ('breaking', 'breaking'),
+    'finetune_breaking': ('finetune_breaking', 'finetune_breaking'),
 }
 # The tables drawn from one JSON file of their folder: (heading, table).
 _FROM_JSON = {
@@ -57,6 +60,7 @@ _FROM_JSON = {
     'ablations': (None, ablation_table),
     'c4_table': (c4_title, c4_markdown),
     'breaking': (breaking_title, breaking_table),
+    'finetune_breaking': (ft_breaking.title, ft_breaking.table),
 }
 
 _BLOCK = re.compile(

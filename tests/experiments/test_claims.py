@@ -96,7 +96,7 @@ def test_cli_writes_both_files(tmp_path, rendered, capsys):
 # when they are not. The folders here are synthetic (claims_fixture.py),
 # beside links to the committed ones.
 
-NEW = ('c4_table', 'breaking')
+NEW = ('c4_table', 'breaking', 'finetune_breaking')
 
 
 def _linked(root):
