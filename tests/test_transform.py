@@ -271,10 +271,11 @@ def test_bad_arguments_raise(bad, match):
     sgg_optax.with_sgg(optax.scale_by_adam(), **bad)
 
 
-def test_boundary_arguments_are_accepted():
-  for kwargs in (dict(num_clusters=1), dict(num_clusters=255),
-                 dict(recluster_interval=1), dict(beta3=0.0)):
-    tx = sgg_optax.sgg(**kwargs)
-    params = {'w': jnp.arange(12.0).reshape(3, 4)}
-    out, _ = jax.jit(tx.update)(params, tx.init(params))
-    assert jnp.all(jnp.isfinite(out['w']))
+@pytest.mark.parametrize('kwargs', [
+    dict(num_clusters=1), dict(num_clusters=255), dict(recluster_interval=1),
+    dict(beta3=0.0)], ids=lambda kw: '{}={}'.format(*next(iter(kw.items()))))
+def test_boundary_arguments_are_accepted(kwargs):
+  tx = sgg_optax.sgg(**kwargs)
+  params = {'w': jnp.arange(12.0).reshape(3, 4)}
+  out, _ = jax.jit(tx.update)(params, tx.init(params))
+  assert jnp.all(jnp.isfinite(out['w']))

@@ -48,13 +48,15 @@ def init_state(params: optax.Params, cfg: Config, stat: Any = None
       global_stat=jnp.zeros([], jnp.float32))
 
 
-def per_layer(a: jax.Array, lay: sampling.LeafLayout, like: jax.Array
-               ) -> jax.Array:
-  """A per-layer value (shape ``lay.batch``) broadcast against ``like``, a
-  parameter-shaped array. Under explicit mesh axes a stacked parameter's
-  layer axis may be sharded: the value is then sharded like it (a local
-  slice of a replicated array), as explicit sharding requires."""
-  a = a.reshape(a.shape + (1,) * (like.ndim - a.ndim))
+def per_layer(a: jax.Array, lay: sampling.LeafLayout, like: jax.Array,
+              trailing: int = 0) -> jax.Array:
+  """A per-layer value (shape ``lay.batch``, then ``trailing`` axes of its
+  own) broadcast against ``like``, a parameter-shaped array (with
+  ``trailing`` axes added at its end). Under explicit mesh axes a stacked
+  parameter's layer axis may be sharded: the value is then sharded like it
+  (a local slice of a replicated array), as explicit sharding requires."""
+  lead, own = a.shape[:a.ndim - trailing], a.shape[a.ndim - trailing:]
+  a = a.reshape(lead + (1,) * (like.ndim - len(lead)) + own)
   if lay.stacked and jax.sharding.get_abstract_mesh().explicit_axes:
     spec = jax.typeof(like).sharding.spec
     a = jax.sharding.reshard(a, jax.sharding.PartitionSpec(
@@ -68,6 +70,8 @@ def leaf_ids(stat: jax.Array, lay: sampling.LeafLayout, centres: jax.Array,
   feat = stat.astype(jnp.promote_types(stat.dtype, jnp.float32))
   feat = jnp.abs(feat) if cfg.cluster_stat == 'abs' else feat
   bounds = kmeans.thresholds(centres).astype(feat.dtype)
+  if bounds.shape[-1] >= kmeans.UNROLL:  # all boundaries in one array
+    return kmeans.assign_stacked(feat, per_layer(bounds, lay, stat, 1))
   return kmeans.assign(feat, [per_layer(bounds[..., j], lay, stat)
                               for j in range(bounds.shape[-1])])
 

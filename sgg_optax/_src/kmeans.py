@@ -65,12 +65,17 @@ def assign(x: jax.Array, bounds: Sequence[jax.Array]) -> jax.Array:
     ``uint8`` ids in ``[0, K)`` with the shape of ``x``.
   """
   if len(bounds) >= UNROLL:
-    stacked = jnp.stack(jnp.broadcast_arrays(*bounds), -1)
-    return jnp.sum(x[..., None] > stacked, -1, dtype=jnp.uint8)
+    return assign_stacked(x, jnp.stack(jnp.broadcast_arrays(*bounds), -1))
   ids = jnp.zeros_like(x, jnp.uint8)  # with x's sharding
   for bound in bounds:
     ids = ids + (x > bound).astype(jnp.uint8)
   return ids
+
+
+def assign_stacked(x: jax.Array, bounds: jax.Array) -> jax.Array:
+  """:func:`assign` with the boundaries along the last axis of ``bounds``
+  (broadcastable against ``x[..., None]``): one comparison for any K."""
+  return jnp.sum(x[..., None] > bounds, -1, dtype=jnp.uint8)
 
 
 def members(ids: jax.Array, valid: jax.Array, num_clusters: int
@@ -83,6 +88,8 @@ def members(ids: jax.Array, valid: jax.Array, num_clusters: int
 def assign_rows(x: jax.Array, centres: jax.Array) -> jax.Array:
   """Ids of ``x`` of shape ``(G, S)`` given per-row centres ``(G, K)``."""
   bounds = thresholds(centres)
+  if bounds.shape[-1] >= UNROLL:
+    return assign_stacked(x, bounds[:, None, :])
   return assign(x, [bounds[:, k, None] for k in range(bounds.shape[-1])])
 
 
@@ -213,6 +220,15 @@ def _optimal_runs(y: jax.Array, n: jax.Array, num_clusters: int
   if num_clusters > 1:
     last = jnp.where(idx <= n[:, None], d + cost(idx, bounds[0]), jnp.inf)
     bounds.append(jnp.argmin(last, -1, keepdims=True).astype(jnp.int32))
+  if inner > UNROLL:  # a loop, not one gather per cluster
+    def back(i, walked):  # boundary k + 1 from boundary k + 2, k = K-3 .. 0
+      k = inner - 1 - i
+      return walked.at[:, k + 1].set(
+          at(opts[k], jax.lax.dynamic_slice_in_dim(walked, k + 2, 1, 1))[:, 0])
+    walked = jnp.zeros((rows, num_clusters + 1), jnp.int32)
+    walked = walked.at[:, num_clusters - 1].set(bounds[1][:, 0])
+    walked = walked.at[:, num_clusters].set(bounds[0][:, 0])
+    return jax.lax.fori_loop(0, inner, back, walked)
   for k in range(inner - 1, -1, -1):
     bounds.append(at(opts[k], bounds[-1]))
   bounds.append(jnp.zeros_like(bounds[0]))
