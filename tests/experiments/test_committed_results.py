@@ -44,7 +44,7 @@ CURRENT = PRETRAINING + FINETUNING
 # that was not re-run (a GPU run: no GPU measurement at this version; the
 # fine-tuning sweeps: their SGG arms take hours on a 2-core CPU); the
 # results README labels them with their commit.
-EARLIER_CODE = ('h100_60m', 'finetune', 'finetune_cls')
+EARLIER_CODE = ('h100_60m', 'finetune', 'finetune_cls', 'finetune_breaking')
 
 PROVENANCE = ('git_commit', 'dirty', 'command', 'sgg_optax_source_sha256',
               'experiments_source_sha256', 'versions', 'device',

@@ -198,3 +198,34 @@ def test_in_the_c4_table_only_apollo_sgg_favours_sgg():
   for page in (_page('reproduction.md'), _page('results.md'),
                (RESULTS / 'README.md').read_text()):
     assert quoted in ' '.join(page.split())
+
+
+def test_in_lora_fine_tuning_adamw_breaks_alone_once():
+  """docs/reproduction.md and the results README: 'AdamW diverged on 1 of 3
+  seeds at 0.01 where AdamW+SGG did not, and both diverged on every seed
+  from 0.03'; SGG 'lower than AdamW on both seeds where both finished' at
+  0.01; 'its largest spikes smaller, though not on every seed'."""
+  res = json.loads((RESULTS / 'finetune_breaking' /
+                    'finetune_breaking.json').read_text())
+  cells = {c['lr']: c['runs'] for c in res['cells']}
+  div = {lr: {o: [j['seed'] for j in js if j['diverged']]
+              for o, js in runs.items()} for lr, runs in cells.items()}
+  assert div[0.003] == {'adamw': [], 'adamw_sgg': []}
+  assert len(div[0.01]['adamw']) == 1 and div[0.01]['adamw_sgg'] == []
+  assert [len(js) for js in cells[0.01].values()] == [3, 3]
+  for lr in (0.03, 0.1):
+    for opt, js in cells[lr].items():
+      assert div[lr][opt] == [j['seed'] for j in js] != [], (lr, opt)
+    spike = {o: [j['spike'] for j in js] for o, js in cells[lr].items()}
+    assert max(spike['adamw_sgg']) < max(spike['adamw'])
+  assert any(s > a for lr in (0.03, 0.1) for s, a in zip(
+      *([j['spike'] for j in cells[lr][o]] for o in ('adamw_sgg', 'adamw'))))
+  both = [(s['test_loss'], a['test_loss'])
+          for s, a in zip(cells[0.01]['adamw_sgg'], cells[0.01]['adamw'])
+          if not (s['diverged'] or a['diverged'])]
+  assert len(both) == 2 and all(s < a for s, a in both)
+  page = _page('reproduction.md')
+  assert ('AdamW diverged on 1 of 3 seeds at 0.01 where AdamW+SGG did not, '
+          'and both diverged on every seed from 0.03') in page
+  readme = ' '.join((RESULTS / 'README.md').read_text().split())
+  assert 'at 0.01 on 1 of 3 seeds, at 0.03 and 0.1 on every seed' in readme
