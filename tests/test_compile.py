@@ -84,7 +84,7 @@ def test_more_clusters_compile_no_new_kernel():
   tx = lambda k: FORMS['with_sgg'](
       num_clusters=k, sample_size=512,
       stacked_layers={'w': False, 'stack': True})
-  kernels = [distinct_kernels(tx(k), params) for k in (20, 100, 255)]
+  kernels = [distinct_kernels(tx(k), params) for k in (20, 255)]
   # Equal up to kernels that XLA shares where two shapes happen to
-  # coincide (130 to 132 here; 212, 614 and 1389 with a kernel per cluster).
+  # coincide (130 and 132 here; 212 and 1389 with kernels per cluster).
   assert max(kernels) - min(kernels) <= 4, kernels
