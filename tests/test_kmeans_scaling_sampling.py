@@ -38,7 +38,7 @@ def test_assignment_is_nearest_centre():
   x = rng.normal(size=1000).astype(np.float32)
   centres = np.sort(rng.normal(size=4)).astype(np.float32)
   bounds = kmeans.thresholds(jnp.asarray(centres))
-  ids = kmeans.assign(jnp.asarray(x), list(bounds))
+  ids = kmeans.assign(jnp.asarray(x), bounds)
   assert ids.dtype == jnp.uint8
   np.testing.assert_array_equal(ids, ref.nearest(x, centres))
 

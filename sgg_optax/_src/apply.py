@@ -70,10 +70,7 @@ def leaf_ids(stat: jax.Array, lay: sampling.LeafLayout, centres: jax.Array,
   feat = stat.astype(jnp.promote_types(stat.dtype, jnp.float32))
   feat = jnp.abs(feat) if cfg.cluster_stat == 'abs' else feat
   bounds = kmeans.thresholds(centres).astype(feat.dtype)
-  if bounds.shape[-1] >= kmeans.UNROLL:  # all boundaries in one array
-    return kmeans.assign_stacked(feat, per_layer(bounds, lay, stat, 1))
-  return kmeans.assign(feat, [per_layer(bounds[..., j], lay, stat)
-                              for j in range(bounds.shape[-1])])
+  return kmeans.assign(feat, per_layer(bounds, lay, stat, trailing=1))
 
 
 def rows_of(a: jax.Array, lay: sampling.LeafLayout, offset: jax.Array

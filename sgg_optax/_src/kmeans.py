@@ -19,7 +19,6 @@ static trip count and no host round trip.
 """
 
 import functools
-from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -51,31 +50,28 @@ def thresholds(centres: jax.Array) -> jax.Array:
   return 0.5 * (centres[..., :-1] + centres[..., 1:])
 
 
-def assign(x: jax.Array, bounds: Sequence[jax.Array]) -> jax.Array:
+def assign(x: jax.Array, bounds: jax.Array) -> jax.Array:
   """Cluster ids of ``x`` given boundaries, as ``uint8``.
 
   Elementwise (it fuses into the surrounding update and needs no
-  communication under sharding).
+  communication under sharding): a chain of comparisons up to ``UNROLL``
+  boundaries, one comparison against all of them past it (so the compiled
+  program does not grow with K).
 
   Args:
     x: values, any shape.
-    bounds: the ``K - 1`` boundaries, each broadcastable against ``x``.
+    bounds: the ``K - 1`` boundaries along the last axis, broadcastable
+      against ``x[..., None]``.
 
   Returns:
     ``uint8`` ids in ``[0, K)`` with the shape of ``x``.
   """
-  if len(bounds) >= UNROLL:
-    return assign_stacked(x, jnp.stack(jnp.broadcast_arrays(*bounds), -1))
+  if bounds.shape[-1] >= UNROLL:
+    return jnp.sum(x[..., None] > bounds, -1, dtype=jnp.uint8)
   ids = jnp.zeros_like(x, jnp.uint8)  # with x's sharding
-  for bound in bounds:
-    ids = ids + (x > bound).astype(jnp.uint8)
+  for k in range(bounds.shape[-1]):
+    ids = ids + (x > bounds[..., k]).astype(jnp.uint8)
   return ids
-
-
-def assign_stacked(x: jax.Array, bounds: jax.Array) -> jax.Array:
-  """:func:`assign` with the boundaries along the last axis of ``bounds``
-  (broadcastable against ``x[..., None]``): one comparison for any K."""
-  return jnp.sum(x[..., None] > bounds, -1, dtype=jnp.uint8)
 
 
 def members(ids: jax.Array, valid: jax.Array, num_clusters: int
@@ -87,10 +83,7 @@ def members(ids: jax.Array, valid: jax.Array, num_clusters: int
 
 def assign_rows(x: jax.Array, centres: jax.Array) -> jax.Array:
   """Ids of ``x`` of shape ``(G, S)`` given per-row centres ``(G, K)``."""
-  bounds = thresholds(centres)
-  if bounds.shape[-1] >= UNROLL:
-    return assign_stacked(x, bounds[:, None, :])
-  return assign(x, [bounds[:, k, None] for k in range(bounds.shape[-1])])
+  return assign(x, thresholds(centres)[:, None, :])
 
 
 def cluster_counts(ids: jax.Array, valid: jax.Array, num_clusters: int
