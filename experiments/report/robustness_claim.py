@@ -221,12 +221,6 @@ def discordance(result: dict[str, Any], sgg: str, base: str) -> Discordance:
   return Discordance(sgg, base, finished=tuple(finished), **counts)
 
 
-def finetune_discordance(result: dict[str, Any]) -> Discordance:
-  """AdamW+SGG against AdamW over the fine-tuning grid's learning rates."""
-  cells = [{'runs': c['runs']} for c in result['cells']]
-  return discordance({'cells': cells}, 'adamw_sgg', 'adamw')
-
-
 def how_far(result: dict[str, Any], opt: str) -> str:
   """'1000x the tuned LR 0.0025 (2.5) at batch 4, 16 and 64': the largest
   multiplier ``opt`` ran at each batch size."""
@@ -281,23 +275,23 @@ def breaking_row(root: pathlib.Path, old: Row) -> Row:
            if SGG_BASE.get(o) in opts]
   tuning = root / FINETUNE_FOLDER / ft_breaking.FILE
   tuned = json.loads(tuning.read_text()) if tuning.is_file() else None
-  if tuned:
-    found.append(finetune_discordance(tuned))
+  # AdamW+SGG against AdamW over the fine-tuning grid's learning rates.
+  ft = discordance(tuned, 'adamw_sgg', 'adamw') if tuned else None
   split = [c for c in cells if c['split']]
   split_seeds = min((len(rs) for c in split for rs in c['runs'].values()),
                     default=0)
   far = how_far(result, ref)
-  base_diverged = [div[d.base] if d.base in div else d.only_base + d.both
-                   for d in found]
-  if not any(base_diverged) and not div[ref]:
+  everyone = [*found, ft] if ft else found
+  if (not any(div[d.base] for d in found) and not div[ref]
+      and not (ft and ft.only_base + ft.both)):
     verdict = (f'**no instability to fix at this scale**: {_label(ref)} '
                f'never diverged, pushed to {far}, {_regime(result)}')
-    alone = sum(d.only_sgg for d in found)
+    alone = sum(d.only_sgg for d in everyone)
     if alone:
       verdict += f'; SGG diverged alone on {alone} paired seeds'
   else:
-    better = [_label(d.sgg) for d in found if d.outcome == 'sgg']
-    worse = [_label(d.sgg) for d in found if d.outcome == 'base']
+    better = [_label(d.sgg) for d in everyone if d.outcome == 'sgg']
+    worse = [_label(d.sgg) for d in everyone if d.outcome == 'base']
     if better:
       verdict = (f'{_and(better)} diverged less often than the base: the '
                  'paper\'s direction')
@@ -319,11 +313,11 @@ def breaking_row(root: pathlib.Path, old: Row) -> Row:
   mults = result['multipliers']
   lines = ['diverged runs: ' + ', '.join(
     f'{_label(o)} {div[o]}/{len(runs[o])}' for o in opts)]
-  lines += [d.text() for d in found if d.base != 'adamw']
+  lines += [d.text() for d in found]
   lines.append(f'{len(split)} split cells' + (
     f', {split_seeds}+ seeds each' if split else ''))
   ft_extra = []
-  if tuned:
+  if tuned and ft:
     ft_runs = {o: [j for c in tuned['cells'] for j in c['runs'][o]]
                for o in tuned['optimizers']}
     lrs = [c['lr'] for c in tuned['cells']]
@@ -331,7 +325,7 @@ def breaking_row(root: pathlib.Path, old: Row) -> Row:
         f'LoRA fine-tuning (`{FINETUNE_FOLDER}`, SmolLM2-135M, LR '
         f'{lrs[0]:g}–{lrs[-1]:g}): diverged runs ' + ', '.join(
             f'{_label(o)} {sum(j["diverged"] for j in js)}/{len(js)}'
-            for o, js in ft_runs.items()) + '; ' + found[-1].text())
+            for o, js in ft_runs.items()) + '; ' + ft.text())
     ft_extra = [f'Claim 3 in LoRA fine-tuning (`{FINETUNE_FOLDER}`): '
                 + ft_breaking.title(tuned) + '.', '',
                 ft_breaking.table(tuned)]

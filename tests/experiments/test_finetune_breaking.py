@@ -29,7 +29,10 @@ def test_a_run_diverges_on_a_non_finite_or_a_final_loss_over_the_factor():
   high = breaking.judge(_run('adamw', 0.1, 0, [5.0, 40.0, 7.6]))
   assert high['diverged'] and high['test_loss'] is None
   assert high['spike'] == 35.0
-  # The last logged loss is fine but the test loss is not.
+  # The test loss is fine but the last logged loss is not ...
+  assert breaking.judge(_run('adamw', 0.1, 0, [5.0, 8.0], test=4.0))[
+      'diverged']
+  # ... and the other way round.
   assert breaking.judge(_run('adamw', 0.1, 0, [5.0, 4.0], test=8.0))[
       'diverged']
   assert not breaking.judge(_run('adamw', 0.1, 0, [5.0, 7.4]))['diverged']
