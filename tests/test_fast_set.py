@@ -51,7 +51,7 @@ _SHARDED = ('tests/test_sharding.py::'
     ('tests/test_transform.py::test_stacked_layers_equal_separate_layers[12]',
      False),
     (_SHARDED + "[chain-gather-dynamic-P('data', None, None)]", True),
-    (_SHARDED + "[momentum-gather-dynamic-P('data', None, None)]", False),
+    (_SHARDED + "[chain-select_chain-frozen-P('data', None, None)]", False),
     ('tests/test_transform.py::test_moment_name_must_exist', False),
 ])
 def test_the_table_marks_what_it_names(node_id, slow):

@@ -456,8 +456,9 @@ def test_stacked_layer_axis_sharded_plain_steps_communicate_as_adam(form,
 
 
 def test_collective_parser_sees_a_parameter_gather():
-  """Guards the parser: a full gather of w1 shows up, with its size."""
-  hlo = _compiled_update_hlo(_problem.make_tx(), AxisType.Auto)
+  """Guards the parser: a full gather of w1 shows up, with its size, in
+  the branch that runs it. (That a real step has some collectives is
+  asserted by test_refresh_collectives_move_only_the_sample.)"""
   mesh = _problem.make_mesh(AxisType.Auto)
   p_sh = _problem.param_shardings(mesh)
   gather = jax.jit(lambda p: jax.lax.cond(
@@ -469,7 +470,6 @@ def test_collective_parser_sees_a_parameter_gather():
   shard = np.prod(_problem.SHAPES['w1']) // 8
   big = [c for c in found if c['numel'] >= shard]
   assert big and all(c['where'].startswith('branch 1') for c in big), found
-  assert collectives(hlo)  # and the real step has some
 
 
 # ------------------------------------------------------------------------------
