@@ -157,6 +157,10 @@ SLOW: dict[str, tuple[str, ...] | None] = {
     # test_properties' draws (T in [1, 50], beta3 in [0, 1)).
     'tests/test_transform.py::test_boundary_arguments_are_accepted': (
         '[recluster_interval=1]', '[beta3=0.0]'),
+    # A checkpoint from 0.1: upgraded (and a state of another model
+    # refused) in the fast set; refused by a 0.2 target here.
+    'tests/test_upgrade.py::test_a_0_1_checkpoint_is_refused_by_a_0_2_target':
+        None,
     # bfloat16 in the fast set (float32 is every other test's dtype);
     # float16 and float64 here.
     'tests/test_optax_compat.py::test_state_types_stable_and_update_dtype_kept':
@@ -195,6 +199,10 @@ SLOW: dict[str, tuple[str, ...] | None] = {
     # Small, stacked and odd shapes in the fast set; the largest here.
     'tests/test_sampling.py::test_sample_layout_and_strata': (
         '[shape2-False]', '[shape3-False]'),
+    # The row-blocked layer (the one a banded sample got wrong) in the fast
+    # set; the column-blocked one here (64 refreshes of a 4M-element layer).
+    'tests/test_sampling.py::'
+    'test_model_wide_deviation_is_precise_at_every_refresh': ('[cols]',),
     # Each form and each assignment once in the fast set.
     'tests/test_memory.py::test_momentum_form_holds_no_update_sized_temporary':
         ('[momentum form-dynamic]', '[adamw_sgg-frozen]',
@@ -222,6 +230,11 @@ SLOW: dict[str, tuple[str, ...] | None] = {
     'test_loop_decided_refresh_trains_as_sgg_own_schedule': None,
     'tests/experiments/test_train_loop.py::'
     'test_the_train_step_holds_no_conditional': None,
+    'tests/experiments/test_train_loop.py::'
+    'test_refresh_step_compile_is_left_out_of_the_throughput': None,
+    # The SmolLM2 file's metadata (the reader opens the 94 MB file): with
+    # its weights, slow; the GGUF helpers in the fast set.
+    'tests/experiments/test_gguf.py::test_config_from_metadata': None,
     # A recorded run re-run: the comparison rules in the fast set.
     'tests/experiments/test_reproduce.py::'
     'test_a_recorded_run_reproduces_bitwise_here': None,
