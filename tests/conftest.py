@@ -61,16 +61,17 @@ def pytest_unconfigure(config):
 
 # What the fast set (the README's test command) leaves to the slow set.
 # CI runs both (`.ci/run`: the test command, then `pytest -m slow`), so
-# every test runs on every CI run; the fast set must take at most about 6
+# every test runs on every CI run. The fast set must take at most about 6
 # minutes on the slowest 2-core CPU we meet, and nearly all of its time is
-# XLA compiling SGG programs (about 2 s each on an AVX-512 EPYC, 3 s
-# without AVX-512). So the fast set keeps at least one case of every code
-# path (form, mode, assignment, dtype, option), and the entries below,
-# which repeat a path it covers or run the experiments end to end, run in
-# the slow set. Each entry is a test's node id and the ids of its slow
-# cases (None: the whole test), after a comment naming what covers it in
-# the fast set. tests/test_repository.py checks that every entry names a
-# test that exists.
+# XLA compiling SGG programs (about 2 s each on an AVX-512 EPYC at the
+# default level, 1.5 s at the fast set's -O0, see ../conftest.py; about
+# 1.6 times that without AVX-512). So the fast set keeps at least one case
+# of every code path (form, mode, assignment, dtype, option), and the
+# entries below, which repeat a path it covers or run the experiments end
+# to end, run in the slow set. Each entry is a test's node id and the ids
+# of its slow cases (None: the whole test), after a comment naming what
+# covers it in the fast set. tests/test_fast_set.py checks that every entry
+# names a test that exists.
 SLOW: dict[str, tuple[str, ...] | None] = {
     # --- the library ---
     # The kernel count is one code path for every form and assignment:
