@@ -46,7 +46,7 @@ def test_every_snippet_is_shown_on_a_page():
 
 
 # The NNX, Linen and LoRA scripts run in the fast set; the others in the
-# `slow` set (see tests/conftest.py), their features tested in the fast set
+# `slow` set, their features tested in the fast set
 # (tests/test_sharding.py, test_checkpoint.py, test_host_refresh.py,
 # test_refresh_program.py, test_offload.py, test_bases.py,
 # test_aliases_diagnostics.py, test_transform.py).
