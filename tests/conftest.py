@@ -293,11 +293,18 @@ SLOW: dict[str, tuple[str, ...] | None] = {
     'test_sharded_creation_on_a_one_device_mesh': None,
 }
 
-# Tests whose parametrized cases form a grid: only these cases run in the
-# fast set, the rest in the slow one.
+# Tests of which only these cases run in the fast set, the rest (and any
+# case added later) in the slow one.
 FAST = {
     'tests/test_sharding.py::test_stacked_layers_sharded_on_the_layer_axis': (
         "[chain-select_chain-frozen-P('data', None, None)]",),
+    # The how-to scripts: the NNX, Linen and LoRA ones; the features of the
+    # others are tested in the fast set (test_sharding.py,
+    # test_checkpoint.py, test_host_refresh.py, test_refresh_program.py,
+    # test_offload.py, test_bases.py, test_aliases_diagnostics.py,
+    # test_transform.py).
+    'tests/test_docs.py::test_snippet_runs_and_prints_the_documented_output': (
+        '[nnx_optimizer]', '[linen_trainstate]', '[lora]'),
 }
 
 

@@ -45,17 +45,9 @@ def test_every_snippet_is_shown_on_a_page():
   assert sorted(shown) == [p.name for p in SNIPPETS]
 
 
-# The NNX, Linen and LoRA scripts run in the fast set; the others in the
-# `slow` set, their features tested in the fast set
-# (tests/test_sharding.py, test_checkpoint.py, test_host_refresh.py,
-# test_refresh_program.py, test_offload.py, test_bases.py,
-# test_aliases_diagnostics.py, test_transform.py).
-FAST = {'nnx_optimizer.py', 'linen_trainstate.py', 'lora.py'}
-
-
-@pytest.mark.parametrize('path', [
-    p if p.name in FAST else pytest.param(p, marks=pytest.mark.slow)
-    for p in SNIPPETS], ids=lambda p: p.stem)
+# Only the NNX, Linen and LoRA scripts run in the fast set (tests/conftest.py,
+# FAST); the others, and any new one, in the `slow` set.
+@pytest.mark.parametrize('path', SNIPPETS, ids=lambda p: p.stem)
 def test_snippet_runs_and_prints_the_documented_output(path):
   source = path.read_text()
   for module in ('flax', 'orbax'):
